@@ -20,7 +20,7 @@ func TestParseAddress(t *testing.T) {
 		{in: `"a@b"@example.com`, want: `"a@b"@example.com`},
 		{in: `"a\"b"@example.com`, want: `"a\"b"@example.com`},
 		{in: "jürgen@example.com", want: "jürgen@example.com"},          // RFC 6531
-		{in: "用户@例子.广告", want: "用户@xn--fsqu00a.xn--4rr70v"},      // IDN domain to A-labels
+		{in: "用户@例子.广告", want: "用户@xn--fsqu00a.xn--4rr70v"},             // IDN domain to A-labels
 		{in: "user@BÜCHER.example", want: "user@xn--bcher-kva.example"}, // mapped to lower case
 		{in: "user@xn--bcher-kva.example", want: "user@xn--bcher-kva.example"},
 		{in: "x@a-b.example", want: "x@a-b.example"},
