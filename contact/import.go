@@ -404,7 +404,7 @@ func (s *contactRows) reject(line int64, reason, raw string) {
 }
 
 func (s *contactRows) Values() ([]any, error) { return s.vals, nil }
-func (s *contactRows) Err() error              { return s.err }
+func (s *contactRows) Err() error             { return s.err }
 
 // isControl reports C0 and C1 control characters and DEL: never wanted in a
 // name, which ends up in a From/To header.
