@@ -102,6 +102,12 @@ func readHeader(cr *csv.Reader, source string) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: reading header: %w", source, err)
 	}
+	return readHeaderFrom(rec, source)
+}
+
+// readHeaderFrom checks a header row's names (trimmed, UTF-8, non-empty,
+// distinct case-insensitively) and returns them.
+func readHeaderFrom(rec []string, source string) ([]string, error) {
 	names := make([]string, len(rec))
 	seen := make(map[string]int, len(rec))
 	for i, f := range rec {
