@@ -61,6 +61,8 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 
 	root.AddCommand(
 		newMigrateCmd(a),
+		newImportCmd(a),
+		newSuppressCmd(a),
 	)
 	return root
 }
