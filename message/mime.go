@@ -1,89 +1,286 @@
 package message
 
 import (
+	"bufio"
 	"crypto/rand"
-	"encoding/hex"
+	"encoding/base32"
 	"fmt"
 	"io"
+	"mime"
+	"os"
+	"path/filepath"
 	"strings"
-	"time"
+	"unicode/utf8"
 
-	gomessage "github.com/emersion/go-message"
 	"github.com/emersion/go-message/mail"
 )
 
-type header struct {
-	from, to, subject string
+// HeaderError reports a header value that would break the message's
+// header: a control character (CR or LF would start a new header field —
+// header injection), invalid UTF-8, or a malformed address. Such a value is
+// never written.
+type HeaderError struct {
+	Field string // header field name, e.g. "Subject"
+	Value string // the offending value
+	// Reason says what is wrong, e.g. "control character U+000A at byte 3".
+	Reason string
 }
 
-// writeMIME writes the header and a text/plain, text/html or
-// multipart/alternative body with go-message, which encodes headers per
-// RFC 2047 and bodies as quoted-printable.
-func writeMIME(w io.Writer, h header, text, html []byte, hasText, hasHTML bool) error {
-	for _, v := range []string{h.from, h.to, h.subject} {
-		if strings.ContainsAny(v, "\r\n") {
-			return fmt.Errorf("header value %q contains a line break", v)
+func (e *HeaderError) Error() string {
+	return fmt.Sprintf("message: %s header %q: %s", e.Field, e.Value, e.Reason)
+}
+
+// checkHeader rejects control characters (all of C0 but tab, and DEL:
+// RFC 5322 §2.2 allows only printable characters and WSP in a field body,
+// and CR LF ends the field) and invalid UTF-8 (the header is declared
+// UTF-8 through RFC 2047 encoded words).
+func checkHeader(field, v string) error {
+	for i, r := range v {
+		if r == utf8.RuneError && !strings.HasPrefix(v[i:], "\uFFFD") {
+			return &HeaderError{Field: field, Value: v, Reason: fmt.Sprintf("invalid UTF-8 at byte %d", i)}
+		}
+		if (r < 0x20 && r != '\t') || r == 0x7f {
+			return &HeaderError{Field: field, Value: v, Reason: fmt.Sprintf("control character %U at byte %d", r, i)}
 		}
 	}
-	var mh mail.Header
-	mh.Set("From", h.from)
-	mh.Set("To", h.to)
-	mh.SetSubject(h.subject)
-	mh.SetDate(time.Now())
-	mh.Set("Message-Id", newMessageID(h.from))
-	mh.Set("MIME-Version", "1.0")
+	return nil
+}
 
-	if hasText && hasHTML {
-		mw, err := mail.CreateInlineWriter(w, mh)
+// header builds the message header for one recipient.
+func (t *Template) header(to string, v *view) (mail.Header, error) {
+	var h mail.Header
+	var b strings.Builder
+	if err := t.subject.Execute(&b, v); err != nil {
+		return h, fmt.Errorf("rendering subject for %s: %w", recipient(to, v), err)
+	}
+	subject := b.String()
+	if err := checkHeader("Subject", subject); err != nil {
+		return h, fmt.Errorf("rendering subject for %s: %w", recipient(to, v), err)
+	}
+	h.SetAddressList("From", []*mail.Address{t.from})
+	if err := setTo(&h, to); err != nil {
+		return h, err
+	}
+	h.SetSubject(subject) // RFC 2047 Q-encoded when not plain ASCII
+	h.SetDate(t.opts.now())
+	h.Set("Message-Id", newMessageID(t.domain))
+	h.Set("MIME-Version", "1.0")
+	if err := t.unsub.setHeader(&h, v); err != nil {
+		return h, err
+	}
+	return h, nil
+}
+
+// recipient names the recipient in an error.
+func recipient(to string, v *view) string {
+	if v.Email != "" {
+		return v.Email
+	}
+	return to
+}
+
+// setTo sets To to one address or an empty group ("name:;", RFC 5322
+// §3.4), whose display name must be plain atoms and spaces.
+func setTo(h *mail.Header, to string) error {
+	if err := checkHeader("To", to); err != nil {
+		return err
+	}
+	if name, ok := strings.CutSuffix(to, ":;"); ok {
+		if name == "" || strings.TrimLeft(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .-_") != "" {
+			return &HeaderError{Field: "To", Value: to, Reason: "a group name must be letters, digits, space, '.', '-' or '_'"}
+		}
+		h.Set("To", to)
+		return nil
+	}
+	a, err := mail.ParseAddress(to)
+	if err != nil {
+		return &HeaderError{Field: "To", Value: to, Reason: err.Error()}
+	}
+	h.SetAddressList("To", []*mail.Address{a})
+	return nil
+}
+
+// writeMIME writes h and the body with go-message, streaming the templates'
+// output and the attachments through the encoders into w:
+//
+//	text or HTML only:         text/plain | text/html
+//	text and HTML:             multipart/alternative (text, html)
+//	with attachments:          multipart/mixed (the above, files...)
+//
+// Text parts are quoted-printable (safe for any line length and 8-bit
+// text, RFC 2045 §6.7), attachments base64 (RFC 2045 §6.8).
+func (t *Template) writeMIME(w io.Writer, h mail.Header, v *view) error {
+	bw := bufio.NewWriterSize(w, 32<<10)
+	if err := t.writeEntity(bw, h, v); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("writing message for %s: %w", v.Email, err)
+	}
+	return nil
+}
+
+func (t *Template) writeEntity(w io.Writer, h mail.Header, v *view) error {
+	if len(t.attachments) == 0 {
+		if t.text != nil && t.html != nil {
+			iw, err := mail.CreateInlineWriter(w, h)
+			if err != nil {
+				return fmt.Errorf("writing message header: %w", err)
+			}
+			return t.writeAlternative(iw, v)
+		}
+		h.SetContentType(t.singleType(), map[string]string{"charset": "utf-8"})
+		pw, err := mail.CreateSingleInlineWriter(w, h)
 		if err != nil {
 			return fmt.Errorf("writing message header: %w", err)
 		}
-		if err := writePart(mw, "text/plain", text); err != nil {
-			return err
-		}
-		if err := writePart(mw, "text/html", html); err != nil {
-			return err
-		}
-		return mw.Close()
+		return t.writeSingle(pw, v)
 	}
-	body, ctype := text, "text/plain"
-	if hasHTML {
-		body, ctype = html, "text/html"
-	}
-	mh.Set("Content-Type", ctype+"; charset=utf-8")
-	mh.Set("Content-Transfer-Encoding", "quoted-printable")
-	ew, err := gomessage.CreateWriter(w, mh.Header)
+
+	mw, err := mail.CreateWriter(w, h)
 	if err != nil {
 		return fmt.Errorf("writing message header: %w", err)
 	}
-	if _, err := ew.Write(body); err != nil {
-		return fmt.Errorf("writing body: %w", err)
+	if t.text != nil && t.html != nil {
+		iw, err := mw.CreateInline()
+		if err != nil {
+			return fmt.Errorf("writing alternative part: %w", err)
+		}
+		if err := t.writeAlternative(iw, v); err != nil {
+			return err
+		}
+	} else {
+		var ph mail.InlineHeader
+		ph.SetContentType(t.singleType(), map[string]string{"charset": "utf-8"})
+		pw, err := mw.CreateSingleInline(ph)
+		if err != nil {
+			return fmt.Errorf("writing %s part: %w", t.singleType(), err)
+		}
+		if err := t.writeSingle(pw, v); err != nil {
+			return err
+		}
 	}
-	return ew.Close()
+	for _, a := range t.attachments {
+		if err := a.write(mw); err != nil {
+			return err
+		}
+	}
+	if err := mw.Close(); err != nil {
+		return fmt.Errorf("closing multipart/mixed: %w", err)
+	}
+	return nil
 }
 
-func writePart(mw *mail.InlineWriter, ctype string, body []byte) error {
-	var ph mail.InlineHeader
-	ph.Set("Content-Type", ctype+"; charset=utf-8")
-	ph.Set("Content-Transfer-Encoding", "quoted-printable")
-	pw, err := mw.CreatePart(ph)
+func (t *Template) singleType() string {
+	if t.html != nil {
+		return "text/html"
+	}
+	return "text/plain"
+}
+
+func (t *Template) writeSingle(pw io.WriteCloser, v *view) error {
+	if err := t.execBody(pw, v, t.html != nil); err != nil {
+		return err
+	}
+	if err := pw.Close(); err != nil {
+		return fmt.Errorf("closing body: %w", err)
+	}
+	return nil
+}
+
+func (t *Template) writeAlternative(iw *mail.InlineWriter, v *view) error {
+	for _, html := range []bool{false, true} {
+		ctype := "text/plain"
+		if html {
+			ctype = "text/html"
+		}
+		var ph mail.InlineHeader
+		ph.SetContentType(ctype, map[string]string{"charset": "utf-8"})
+		pw, err := iw.CreatePart(ph)
+		if err != nil {
+			return fmt.Errorf("writing %s part: %w", ctype, err)
+		}
+		if err := t.execBody(pw, v, html); err != nil {
+			return err
+		}
+		if err := pw.Close(); err != nil {
+			return fmt.Errorf("closing %s part: %w", ctype, err)
+		}
+	}
+	if err := iw.Close(); err != nil {
+		return fmt.Errorf("closing multipart/alternative: %w", err)
+	}
+	return nil
+}
+
+// execBody runs the text or HTML template straight into the part's encoder.
+func (t *Template) execBody(w io.Writer, v *view, html bool) error {
+	if html {
+		if err := t.html.Execute(w, v); err != nil {
+			return fmt.Errorf("rendering HTML body for %s: %w", v.Email, err)
+		}
+		return nil
+	}
+	if err := t.text.Execute(w, v); err != nil {
+		return fmt.Errorf("rendering text body for %s: %w", v.Email, err)
+	}
+	return nil
+}
+
+// attachment is a file attached to every message.
+type attachment struct {
+	path, name, mediaType string
+	params                map[string]string
+}
+
+func newAttachment(path string) (attachment, error) {
+	fi, err := os.Stat(path)
 	if err != nil {
-		return fmt.Errorf("writing %s part: %w", ctype, err)
+		return attachment{}, fmt.Errorf("attachment: %w", err)
 	}
-	if _, err := pw.Write(body); err != nil {
-		return fmt.Errorf("writing %s part: %w", ctype, err)
+	if !fi.Mode().IsRegular() {
+		return attachment{}, fmt.Errorf("attachment %s: not a regular file", path)
 	}
-	return pw.Close()
+	a := attachment{path: path, name: filepath.Base(path), mediaType: "application/octet-stream"}
+	if err := checkHeader("Content-Disposition", a.name); err != nil {
+		return attachment{}, fmt.Errorf("attachment %s: file name: %w", path, err)
+	}
+	if mt, params, err := mime.ParseMediaType(mime.TypeByExtension(filepath.Ext(path))); err == nil {
+		a.mediaType, a.params = mt, params
+	}
+	return a, nil
 }
 
-// newMessageID returns a unique Message-ID (RFC 5322 §3.6.4) in the
-// From address's domain.
-func newMessageID(from string) string {
-	domain := "blaster.invalid"
-	if i := strings.LastIndexByte(from, '@'); i >= 0 {
-		domain = strings.Trim(from[i+1:], "> ")
+// write streams the file into a base64 attachment part. The filename is
+// RFC 2231-encoded by go-message when it is not plain ASCII.
+func (a attachment) write(mw *mail.Writer) error {
+	f, err := os.Open(a.path)
+	if err != nil {
+		return fmt.Errorf("attachment: %w", err)
 	}
-	var b [12]byte
+	defer f.Close()
+	var ah mail.AttachmentHeader
+	ah.SetContentType(a.mediaType, a.params)
+	ah.SetFilename(a.name)
+	pw, err := mw.CreateAttachment(ah)
+	if err != nil {
+		return fmt.Errorf("writing attachment %s: %w", a.path, err)
+	}
+	if _, err := io.Copy(pw, f); err != nil {
+		return fmt.Errorf("writing attachment %s: %w", a.path, err)
+	}
+	if err := pw.Close(); err != nil {
+		return fmt.Errorf("writing attachment %s: %w", a.path, err)
+	}
+	return nil
+}
+
+var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// newMessageID returns a unique Message-ID (RFC 5322 §3.6.4): 120 random
+// bits in base32 at the From address's domain.
+func newMessageID(domain string) string {
+	var b [15]byte
 	rand.Read(b[:])
-	return "<" + hex.EncodeToString(b[:]) + "@" + domain + ">"
+	return "<" + strings.ToLower(idEncoding.EncodeToString(b[:])) + "@" + domain + ">"
 }
