@@ -1,5 +1,7 @@
 package smtp
 
+import "errors"
+
 // Envelope is one SMTP transaction's envelope (RFC 5321 §3.3): the reverse
 // path and the recipients, with the ESMTP parameters blaster uses.
 type Envelope struct {
@@ -38,4 +40,46 @@ type Result struct {
 	// Data is the reply to the end of the message data (the final "."), or
 	// nil when no body was sent (every recipient was rejected).
 	Data *Reply
+}
+
+// Outcome applies Send's per-recipient rule to recipient i, given the
+// error Send returned: a negative RCPT reply decides for its recipient;
+// otherwise err decides (Classify), and without an error the reply to the
+// end of the data does. The reply returned is the one that decided, nil
+// when none did (a network error, a recipient never asked for).
+//
+// Recipients whose outcome is Retry with a 452 reply, or with no reply
+// because a 452 stopped the transaction (RFC 5321 §4.5.3.1.10), were
+// refused for this transaction only: put them in the next one, on the same
+// connection, at once.
+func (r *Result) Outcome(i int, err error) (Outcome, *Reply) {
+	var rp *Reply
+	if r != nil && i < len(r.Rcpts) {
+		rp = r.Rcpts[i]
+	}
+	if rp != nil && !rp.Positive() {
+		return ReplyOutcome(rp), rp
+	}
+	if err != nil {
+		var se *Error
+		if errors.As(err, &se) {
+			return Classify(err), &se.Reply
+		}
+		return Classify(err), nil
+	}
+	if rp == nil || r.Data == nil {
+		return Retry, nil
+	}
+	return ReplyOutcome(r.Data), r.Data
+}
+
+// Accepted counts the recipients the server accepted at RCPT.
+func (r *Result) Accepted() int {
+	n := 0
+	for _, rp := range r.Rcpts {
+		if rp.Positive() {
+			n++
+		}
+	}
+	return n
 }
