@@ -253,6 +253,11 @@ func newTestCA(t *testing.T, names ...string) *testCA {
 	}
 }
 
+// clientConfig trusts the test CA.
+func (ca *testCA) clientConfig() *tls.Config {
+	return &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS12}
+}
+
 // clock is a settable clock for NowFunc.
 type clock struct {
 	mu  sync.Mutex
