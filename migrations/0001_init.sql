@@ -73,8 +73,12 @@ CREATE TABLE batches (
     batch_no    integer NOT NULL,
     domain      text    NOT NULL,
     size        integer NOT NULL,
+    -- done: none of the batch's deliveries is queued, sending or deferred.
+    done        boolean NOT NULL DEFAULT false,
     PRIMARY KEY (campaign_id, batch_no)
 );
+-- "Is any batch of this campaign unfinished?" is one index probe.
+CREATE INDEX batches_pending ON batches (campaign_id) WHERE NOT done;
 
 -- Deliveries: the per-recipient ledger, one row per campaign x contact.
 --   queued -> sending -> sent | deferred -> ... | bounced | expired | unknown

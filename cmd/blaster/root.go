@@ -61,6 +61,9 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 
 	root.AddCommand(
 		newMigrateCmd(a),
+		newCampaignCmd(a),
+		newWorkerCmd(a),
+		newSinkCmd(a),
 		newImportCmd(a),
 		newSuppressCmd(a),
 	)

@@ -1,0 +1,100 @@
+package campaign
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// DefaultMaxRcpt is the most recipients in one SMTP transaction and one
+// batch: RFC 5321 §4.5.3.1.8 requires servers to accept at least 100.
+const DefaultMaxRcpt = 100
+
+// Settings is a campaign's delivery policy, stored as JSON in
+// campaigns.settings.
+type Settings struct {
+	// MaxRcpt caps the recipients per batch and per SMTP transaction.
+	// Default DefaultMaxRcpt.
+	MaxRcpt int `json:"max_rcpt,omitempty"`
+	// AtLeastOnce resends recipients whose outcome is unknown (the
+	// connection was lost after the final "." and before the reply). The
+	// default, false, is at-most-once: they are recorded as unknown and
+	// not resent.
+	AtLeastOnce bool `json:"at_least_once,omitempty"`
+	// RetrySchedule is the wait before each retry of a deferred recipient:
+	// the n-th retry waits RetrySchedule[n-1], the last entry repeating.
+	// Default DefaultRetrySchedule.
+	RetrySchedule []Duration `json:"retry_schedule,omitempty"`
+	// MaxAge is how long after the campaign started a deferred recipient
+	// is still retried before it is expired. Default 72h.
+	MaxAge Duration `json:"max_age,omitempty"`
+}
+
+// DefaultRetrySchedule is like an MTA's queue: minutes at first, growing.
+var DefaultRetrySchedule = []Duration{
+	Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute),
+	Duration(30 * time.Minute), Duration(time.Hour), Duration(2 * time.Hour), Duration(4 * time.Hour),
+}
+
+// DefaultMaxAge is the age after which deferred recipients expire, the
+// common MTA queue lifetime (Postfix's maximal_queue_lifetime is 5d; 3d is
+// the usual bulk setting).
+const DefaultMaxAge = 72 * time.Hour
+
+// WithDefaults returns s with every zero field set to its default.
+func (s Settings) WithDefaults() Settings {
+	if s.MaxRcpt <= 0 {
+		s.MaxRcpt = DefaultMaxRcpt
+	}
+	if len(s.RetrySchedule) == 0 {
+		s.RetrySchedule = DefaultRetrySchedule
+	}
+	if s.MaxAge <= 0 {
+		s.MaxAge = Duration(DefaultMaxAge)
+	}
+	return s
+}
+
+func (s Settings) validate() error {
+	if s.MaxRcpt < 0 || s.MaxRcpt > 1000 {
+		return fmt.Errorf("max_rcpt %d out of range 1..1000", s.MaxRcpt)
+	}
+	for _, d := range s.RetrySchedule {
+		if d <= 0 {
+			return fmt.Errorf("retry schedule entry %s must be positive", time.Duration(d))
+		}
+	}
+	return nil
+}
+
+// RetryDelay is the wait before retry number attempt (1 = first retry).
+func (s Settings) RetryDelay(attempt int) time.Duration {
+	sched := s.WithDefaults().RetrySchedule
+	if attempt < 1 {
+		attempt = 1
+	}
+	if attempt > len(sched) {
+		attempt = len(sched)
+	}
+	return time.Duration(sched[attempt-1])
+}
+
+// Duration is a time.Duration that reads and writes as "90s", "5m".
+type Duration time.Duration
+
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("duration must be a string like \"90s\": %w", err)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return err
+	}
+	*d = Duration(v)
+	return nil
+}

@@ -1,0 +1,242 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/worker"
+)
+
+func newCampaignCmd(a *app) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "campaign",
+		Short: "Create, start and follow campaigns",
+	}
+	cmd.AddCommand(newCampaignCreateCmd(a), newCampaignStartCmd(a), newCampaignStatusCmd(a), newCampaignListCmd(a))
+	return cmd
+}
+
+func newCampaignCreateCmd(a *app) *cobra.Command {
+	var (
+		n                  campaign.New
+		kind               string
+		textFile, htmlFile string
+		retry              string
+		maxAge             time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "create --name N --list L --from ADDR --subject S --text FILE [--html FILE]",
+		Short: "Create a draft campaign and print its id",
+		Long: `Create a draft campaign. Subject and bodies are Go templates over the
+recipient: {{.Email}}, {{.Name}}, {{.Attrs.COLUMN}} (the other CSV columns);
+{{or .Name "friend"}} gives a fallback. A campaign whose templates read no
+recipient data goes out as one SMTP transaction per batch of up to 100.
+
+The new campaign's id is printed alone on stdout.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if n.Text, err = readOptional(textFile); err != nil {
+				return err
+			}
+			if n.HTML, err = readOptional(htmlFile); err != nil {
+				return err
+			}
+			n.Kind = campaign.Kind(kind)
+			if retry != "" {
+				for _, f := range strings.Split(retry, ",") {
+					d, err := time.ParseDuration(strings.TrimSpace(f))
+					if err != nil {
+						return fmt.Errorf("--retry-schedule: %w", err)
+					}
+					n.Settings.RetrySchedule = append(n.Settings.RetrySchedule, campaign.Duration(d))
+				}
+			}
+			n.Settings.MaxAge = campaign.Duration(maxAge)
+			pool, err := a.db(cmd.Context())
+			if err != nil {
+				return err
+			}
+			c, err := campaign.Create(cmd.Context(), pool, n)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(a.stdout, c.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&n.Name, "name", "", "campaign name (required)")
+	f.StringVar(&n.List, "list", "", "recipient list (required)")
+	f.StringVar(&n.From, "from", "", `From address, e.g. "News <news@example.test>" (required)`)
+	f.StringVar(&n.Subject, "subject", "", "subject template (required)")
+	f.StringVar(&textFile, "text", "", "text body template file")
+	f.StringVar(&htmlFile, "html", "", "HTML body template file")
+	f.StringVar(&kind, "kind", "newsletter", "newsletter or alert (alerts overtake newsletters)")
+	f.IntVar(&n.Settings.MaxRcpt, "max-rcpt", 0, "recipients per batch and SMTP transaction (default 100)")
+	f.BoolVar(&n.Settings.AtLeastOnce, "at-least-once", false, "resend recipients whose outcome is unknown (default at-most-once)")
+	f.StringVar(&retry, "retry-schedule", "", "waits before retries of deferred recipients, e.g. 1m,5m,15m,1h (default like an MTA)")
+	f.DurationVar(&maxAge, "max-age", 0, "retry deferred recipients until this long after start (default 72h)")
+	for _, name := range []string{"name", "list", "from", "subject"} {
+		cmd.MarkFlagRequired(name)
+	}
+	return cmd
+}
+
+func readOptional(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading template: %w", err)
+	}
+	return string(b), nil
+}
+
+func parseID(s string) (int64, error) {
+	id, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || id <= 0 {
+		return 0, fmt.Errorf("campaign id %q: must be a positive number", s)
+	}
+	return id, nil
+}
+
+func newCampaignStartCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "start ID",
+		Short: "Fan a draft campaign out into deliveries, batches and send jobs",
+		Long: `Start a draft campaign: in one transaction, a delivery row per list member
+(suppressed members recorded as suppressed), batches of up to 100 recipients of
+one destination domain, and a send job per batch. Starting twice does nothing
+the second time.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			pool, err := a.db(ctx)
+			if err != nil {
+				return err
+			}
+			rc, err := worker.InsertClient(pool)
+			if err != nil {
+				return err
+			}
+			began := time.Now()
+			res, err := campaign.Start(ctx, pool, rc, id)
+			if errors.Is(err, campaign.ErrNotDraft) {
+				fmt.Fprintf(a.stdout, "%v: nothing done\n", err)
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "started campaign %d: %d recipients in %d batches, %d suppressed (%s)\n",
+				id, res.Recipients, res.Batches, res.Suppressed, time.Since(began).Round(time.Millisecond))
+			return nil
+		},
+	}
+}
+
+func newCampaignStatusCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status ID",
+		Short: "Show a campaign's state and a count per delivery state",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			pool, err := a.db(cmd.Context())
+			if err != nil {
+				return err
+			}
+			s, err := campaign.GetStatus(cmd.Context(), pool, id)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(a.stdout, s)
+			}
+			writeStatus(a.stdout, s)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	return cmd
+}
+
+func writeStatus(w io.Writer, s *campaign.Status) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "campaign\t%d %s (%s)\n", s.ID, s.Name, s.Kind)
+	fmt.Fprintf(tw, "state\t%s\n", s.State)
+	fmt.Fprintf(tw, "total\t%d\n", s.Total)
+	for _, kv := range []struct {
+		k string
+		v int
+	}{{"queued", s.Queued}, {"sending", s.Sending}, {"sent", s.Sent}, {"deferred", s.Deferred},
+		{"bounced", s.Bounced}, {"expired", s.Expired}, {"suppressed", s.Suppressed},
+		{"unknown", s.Unknown}, {"cancelled", s.Cancelled}} {
+		fmt.Fprintf(tw, "%s\t%d\n", kv.k, kv.v)
+	}
+	if s.StartedAt != nil {
+		end := time.Now()
+		if s.FinishedAt != nil {
+			end = *s.FinishedAt
+		}
+		fmt.Fprintf(tw, "elapsed\t%s\n", end.Sub(*s.StartedAt).Round(time.Millisecond))
+	}
+	tw.Flush()
+}
+
+func newCampaignListCmd(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List campaigns, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			pool, err := a.db(cmd.Context())
+			if err != nil {
+				return err
+			}
+			cs, err := campaign.List(cmd.Context(), pool)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(a.stdout, cs)
+			}
+			tw := tabwriter.NewWriter(a.stdout, 0, 0, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tNAME\tKIND\tSTATE\tLIST\tTOTAL\tCREATED")
+			for _, c := range cs {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%d\t%s\n", c.ID, c.Name, c.Kind, c.State, c.ListName, c.Total,
+					c.CreatedAt.Format(time.DateTime))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

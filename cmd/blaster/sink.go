@@ -1,0 +1,56 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blaster-mail/blaster/sink"
+)
+
+func newSinkCmd(a *app) *cobra.Command {
+	var (
+		addr  string
+		cfg   sink.Config
+		every time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "sink",
+		Short: "Run a local SMTP server that accepts and counts mail (for trials)",
+		Long: `Run a local SMTP server that accepts every message, counts messages and
+recipients, and optionally writes each message to --dir. It relays nothing.
+Stop it with SIGINT or SIGTERM; it prints its counts on the way out.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s := sink.New(cfg)
+			if err := s.Listen(addr); err != nil {
+				return err
+			}
+			a.logger.Info("sink listening", "addr", s.Addr(), "dir", cfg.Dir)
+			tick := time.NewTicker(every)
+			defer tick.Stop()
+			var last sink.Stats
+			for {
+				select {
+				case <-cmd.Context().Done():
+					err := s.Close()
+					st := s.Stats()
+					fmt.Fprintf(a.stdout, "sink: %d connections, %d messages, %d recipients, %d bytes\n",
+						st.Connections, st.Messages, st.Recipients, st.Bytes)
+					return err
+				case <-tick.C:
+					if st := s.Stats(); st != last {
+						a.logger.Info("sink", "messages", st.Messages, "recipients", st.Recipients, "connections", st.Connections)
+						last = st
+					}
+				}
+			}
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&addr, "addr", "127.0.0.1:2525", "listen address")
+	f.StringVar(&cfg.Dir, "dir", "", "write each message to this directory as .eml")
+	f.DurationVar(&every, "stats-every", 5*time.Second, "log counts this often")
+	return cmd
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"errors"
+	"os"
+	"strings"
+
+	"github.com/spf13/pflag"
+
+	"github.com/blaster-mail/blaster/transport"
+)
+
+// transportFlags choose where a worker's mail goes: relays, or a pickup
+// directory.
+type transportFlags struct {
+	relays       []string
+	passwordFile string
+	pickup       string
+	localName    string
+}
+
+func (tf *transportFlags) register(f *pflag.FlagSet) {
+	f.StringArrayVar(&tf.relays, "relay", nil,
+		"relay URL smtp://[user@]host[:port] or smtps://…, repeatable for failover (default $BLASTER_RELAY, comma separated)")
+	f.StringVar(&tf.passwordFile, "relay-password-file", "", "file holding the relay password (else $BLASTER_RELAY_PASSWORD)")
+	f.StringVar(&tf.pickup, "pickup", "", "write messages as .eml files into this pickup directory instead of SMTP")
+	f.StringVar(&tf.localName, "helo", "", "name to send in EHLO (default the host name)")
+}
+
+func (tf *transportFlags) relayURLs() []string {
+	if len(tf.relays) > 0 {
+		return tf.relays
+	}
+	var out []string
+	for _, s := range strings.Split(os.Getenv("BLASTER_RELAY"), ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func (tf *transportFlags) build(a *app) (transport.Transport, error) {
+	urls := tf.relayURLs()
+	switch {
+	case tf.pickup != "" && len(urls) > 0:
+		return nil, errors.New("give either --pickup or --relay, not both")
+	case tf.pickup != "":
+		return transport.NewPickup(tf.pickup, transport.PickupOptions{})
+	case len(urls) == 0:
+		return nil, errors.New("no transport: give --relay URL (or $BLASTER_RELAY) or --pickup DIR")
+	}
+	cfgs := make([]transport.RelayConfig, len(urls))
+	for i, u := range urls {
+		c, err := transport.ParseRelayURL(u)
+		if err != nil {
+			return nil, err
+		}
+		if tf.passwordFile != "" && c.User != "" && c.PasswordFile == "" {
+			c.PasswordFile = tf.passwordFile
+		}
+		cfgs[i] = c
+	}
+	return transport.NewRelay(cfgs, transport.RelayOptions{LocalName: tf.localName})
+}
+
+func (tf *transportFlags) describe() string {
+	if tf.pickup != "" {
+		return "pickup:" + tf.pickup
+	}
+	urls := tf.relayURLs()
+	names := make([]string, 0, len(urls))
+	for _, u := range urls {
+		if c, err := transport.ParseRelayURL(u); err == nil {
+			names = append(names, c.Redacted())
+		}
+	}
+	return strings.Join(names, ",")
+}

@@ -1,0 +1,76 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blaster-mail/blaster/worker"
+)
+
+func newWorkerCmd(a *app) *cobra.Command {
+	var (
+		tf          transportFlags
+		cfg         worker.Config
+		stopTimeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run send workers until SIGINT or SIGTERM",
+		Long: `Run River workers that deliver campaign batches. Run as many worker processes,
+on as many machines, as you like against one database.
+
+Mail goes through the relays given with --relay (or $BLASTER_RELAY, comma
+separated; failover in that order), directly to each domain's MX hosts with
+--mx, or into a pickup directory with --pickup. The relay password comes from
+$BLASTER_RELAY_PASSWORD or --relay-password-file, never from the command line.
+
+On SIGINT or SIGTERM the worker stops taking batches, finishes the SMTP
+transactions in flight, records their outcomes, QUITs and exits.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx := cmd.Context()
+			pool, err := a.db(ctx)
+			if err != nil {
+				return err
+			}
+			tr, err := tf.build(a)
+			if err != nil {
+				return err
+			}
+			cfg.Pool = pool
+			cfg.Transport = tr
+			cfg.Logger = a.logger
+			w, err := worker.New(cfg)
+			if err != nil {
+				tr.Close()
+				return err
+			}
+			if err := w.Start(ctx); err != nil {
+				tr.Close()
+				return err
+			}
+			a.logger.Info("worker started", "transport", tf.describe(),
+				"newsletter_workers", cfg.NewsletterWorkers, "alert_workers", cfg.AlertWorkers)
+			<-ctx.Done()
+			a.logger.Info("stopping: finishing transactions in flight")
+			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+			defer cancel()
+			if err := w.Stop(stopCtx); err != nil {
+				return fmt.Errorf("stopping worker: %w", err)
+			}
+			a.logger.Info("worker stopped")
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	tf.register(f)
+	f.IntVar(&cfg.NewsletterWorkers, "newsletter-workers", 16, "newsletter batches sent at once (one connection each)")
+	f.IntVar(&cfg.AlertWorkers, "alert-workers", 8, "alert batches sent at once")
+	f.DurationVar(&cfg.JobTimeout, "batch-timeout", 5*time.Minute, "longest one batch may take")
+	f.DurationVar(&stopTimeout, "stop-timeout", 2*time.Minute, "how long to wait for transactions in flight on SIGINT/SIGTERM")
+	f.DurationVar(&cfg.FetchInterval, "poll-interval", 0, "how often to poll for jobs besides LISTEN/NOTIFY (default 1s)")
+	return cmd
+}

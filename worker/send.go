@@ -1,0 +1,549 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/mail"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/message"
+	"github.com/blaster-mail/blaster/smtp"
+	"github.com/blaster-mail/blaster/throttle"
+	"github.com/blaster-mail/blaster/transport"
+)
+
+// Throttle paces transactions; package throttle implements it. A nil
+// Throttle sends as fast as the transport takes it.
+type Throttle interface {
+	// Acquire reserves budget for one transaction of n recipients under
+	// key. It waits for budget that comes soon; when the scope is
+	// suspended or its budget is far off, it returns how long to wait
+	// instead, and the batch is snoozed without spending an attempt.
+	Acquire(ctx context.Context, key throttle.Key, n int) (retryAfter time.Duration, err error)
+	// Observe feeds a transaction's outcome back: a reply or a connection
+	// error, for adaptive back-off. err is nil after a success.
+	Observe(key throttle.Key, err error)
+}
+
+// sendWorker delivers one batch: claim its recipients, talk SMTP, record
+// every recipient's outcome and complete the job in one transaction.
+type sendWorker struct {
+	river.WorkerDefaults[campaign.SendBatchArgs]
+
+	pool      *pgxpool.Pool
+	transport transport.Transport
+	throttle  Throttle
+	logger    *slog.Logger
+	now       func() time.Time
+	timeout   time.Duration
+	pauseWait time.Duration
+
+	mu        sync.Mutex
+	campaigns map[int64]*compiled // a started campaign's content never changes
+}
+
+// compiled is a campaign with its parsed templates.
+type compiled struct {
+	c        *campaign.Campaign
+	tmpl     *message.Template
+	envFrom  string // bare From address, the envelope's reverse path
+	listName string
+}
+
+// Timeout bounds one batch: up to 100 transactions on one connection.
+func (w *sendWorker) Timeout(*river.Job[campaign.SendBatchArgs]) time.Duration { return w.timeout }
+
+// NextRetry is used only when a job fails outside SMTP (the database went
+// away, a panic): retry soon, not River's attempt^4 seconds.
+func (w *sendWorker) NextRetry(job *river.Job[campaign.SendBatchArgs]) time.Time {
+	d := time.Duration(job.Attempt) * 5 * time.Second
+	if d > time.Minute {
+		d = time.Minute
+	}
+	return w.now().Add(d)
+}
+
+func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatchArgs]) error {
+	args := job.Args
+	cc, err := w.campaign(ctx, args.CampaignID)
+	if err != nil {
+		return err
+	}
+	var state campaign.State
+	var domain string
+	err = w.pool.QueryRow(ctx, `
+		SELECT c.state, b.domain FROM campaigns c JOIN batches b ON b.campaign_id = c.id
+		WHERE c.id = $1 AND b.batch_no = $2`, args.CampaignID, args.BatchNo).Scan(&state, &domain)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return river.JobCancel(fmt.Errorf("campaign %d batch %d does not exist", args.CampaignID, args.BatchNo))
+	}
+	if err != nil {
+		return fmt.Errorf("reading campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	switch state {
+	case campaign.Paused:
+		return river.JobSnooze(w.pauseWait)
+	case campaign.Cancelled, campaign.Done, campaign.Draft:
+		return river.JobCancel(fmt.Errorf("campaign %d is %s", args.CampaignID, state))
+	}
+
+	log := w.logger.With("campaign", args.CampaignID, "batch", args.BatchNo, "domain", domain,
+		"route", w.transport.Route(domain))
+	b := &batch{job: job, cc: cc, domain: domain, log: log,
+		key: throttle.Key{Route: w.transport.Route(domain), Domain: domain, Campaign: cc.c.ID, Alert: cc.c.Kind == campaign.Alert}}
+
+	rcpts, err := w.claim(ctx, b)
+	if err != nil {
+		return err
+	}
+	if len(rcpts) > 0 {
+		if snooze, err := w.deliver(ctx, b, rcpts); err != nil {
+			return err
+		} else if snooze > 0 {
+			return river.JobSnooze(snooze)
+		}
+	}
+	return w.record(ctx, b)
+}
+
+// campaign returns the campaign with its parsed templates, cached.
+func (w *sendWorker) campaign(ctx context.Context, id int64) (*compiled, error) {
+	w.mu.Lock()
+	cc := w.campaigns[id]
+	w.mu.Unlock()
+	if cc != nil {
+		return cc, nil
+	}
+	c, err := campaign.Get(ctx, w.pool, id)
+	if errors.Is(err, campaign.ErrNotFound) {
+		return nil, river.JobCancel(err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	tmpl, err := message.Parse(c.Content())
+	if err != nil {
+		return nil, river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
+	}
+	envFrom := c.From
+	if a, err := mail.ParseAddress(c.From); err == nil {
+		envFrom = a.Address
+	}
+	cc = &compiled{c: c, tmpl: tmpl, envFrom: envFrom, listName: c.ListName}
+	w.mu.Lock()
+	w.campaigns[id] = cc
+	w.mu.Unlock()
+	return cc, nil
+}
+
+// batch is one job's working state.
+type batch struct {
+	job      *river.Job[campaign.SendBatchArgs]
+	cc       *compiled
+	domain   string
+	key      throttle.Key
+	log      *slog.Logger
+	outcomes []outcome
+}
+
+// recipient is one claimed delivery.
+type recipient struct {
+	contactID int64
+	email     string
+	name      string
+	attrs     map[string]string
+	attempts  int
+}
+
+// outcome is what happened to one recipient in this attempt.
+type outcome struct {
+	contactID int64
+	state     string
+	reply     *smtp.Reply // nil for a connection error
+	errText   string      // the error, when there is no reply
+	next      *time.Time  // next attempt, for deferred
+}
+
+// claim marks the batch's due recipients sending (committed before any SMTP
+// is spoken) and returns them with their contact data.
+//
+// Rows found already sending were claimed by an attempt that died (the
+// worker was killed) and may have been delivered: under at-least-once they
+// are sent again, under at-most-once they become unknown.
+func (w *sendWorker) claim(ctx context.Context, b *batch) ([]recipient, error) {
+	args := b.job.Args
+	orphanState := campaign.StateUnknown
+	if b.cc.c.Settings.AtLeastOnce {
+		orphanState = campaign.StateSending
+	}
+	if b.job.Attempt > 1 || len(b.job.Errors) > 0 {
+		_, err := w.pool.Exec(ctx, `
+			UPDATE deliveries SET state = $3, updated_at = now(),
+			       last_text = 'worker stopped during the attempt; outcome unknown'
+			WHERE campaign_id = $1 AND batch_no = $2 AND state = 'sending' AND $3 = 'unknown'`,
+			args.CampaignID, args.BatchNo, orphanState)
+		if err != nil {
+			return nil, fmt.Errorf("recovering campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+		}
+	}
+	rows, err := w.pool.Query(ctx, `
+		UPDATE deliveries d SET state = 'sending', attempts = d.attempts + 1, updated_at = now()
+		FROM contacts c
+		WHERE d.campaign_id = $1 AND d.batch_no = $2 AND c.id = d.contact_id
+		  AND (d.state = 'queued' OR d.state = 'sending'
+		       OR (d.state = 'deferred' AND d.next_attempt_at <= now()))
+		RETURNING d.contact_id, d.email, c.name, c.attrs, d.attempts`,
+		args.CampaignID, args.BatchNo)
+	if err != nil {
+		return nil, fmt.Errorf("claiming campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	rcpts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (recipient, error) {
+		var r recipient
+		var attrs map[string]any
+		err := row.Scan(&r.contactID, &r.email, &r.name, &attrs, &r.attempts)
+		r.attrs = stringAttrs(attrs)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claiming campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	return rcpts, nil
+}
+
+func stringAttrs(m map[string]any) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		if s, ok := v.(string); ok {
+			out[k] = s
+		} else {
+			out[k] = fmt.Sprint(v)
+		}
+	}
+	return out
+}
+
+// deliver sends to rcpts over one session and appends an outcome for each
+// to b.outcomes. A snooze > 0 means the throttle refused: the recipients not
+// yet attempted were put back to queued and the job should be snoozed.
+func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (snooze time.Duration, err error) {
+	sess, err := w.transport.Session(ctx, b.domain)
+	if err != nil {
+		if w.throttle != nil {
+			w.throttle.Observe(b.key, err)
+		}
+		b.log.Warn("no session", "err", err)
+		w.failAll(b, rcpts, err)
+		return 0, nil
+	}
+	var lastErr error
+	defer func() { sess.Release(lastErr) }()
+
+	if b.cc.tmpl.Personalized() {
+		var buf bytes.Buffer
+		for i, r := range rcpts {
+			if wait, err := w.acquire(ctx, b, 1); err != nil || wait > 0 {
+				return w.putBack(ctx, b, rcpts[i:], wait, err)
+			}
+			buf.Reset()
+			data := &message.Data{Email: r.email, Name: r.name, Attrs: r.attrs}
+			if err := b.cc.tmpl.Render(&buf, r.email, data); err != nil {
+				b.outcomes = append(b.outcomes, outcome{contactID: r.contactID, state: campaign.StateBounced, errText: err.Error()})
+				continue
+			}
+			lastErr = w.transact(ctx, b, sess, rcpts[i:i+1], buf.Bytes())
+			if lastErr != nil && brokenSession(lastErr) {
+				w.failAll(b, rcpts[i+1:], lastErr)
+				return 0, nil
+			}
+		}
+		return 0, nil
+	}
+
+	var buf bytes.Buffer
+	to := groupName(b.cc.listName)
+	if err := b.cc.tmpl.Render(&buf, to, &message.Data{}); err != nil {
+		w.failAll(b, rcpts, err)
+		return 0, nil
+	}
+	if wait, err := w.acquire(ctx, b, len(rcpts)); err != nil || wait > 0 {
+		return w.putBack(ctx, b, rcpts, wait, err)
+	}
+	lastErr = w.transact(ctx, b, sess, rcpts, buf.Bytes())
+	return 0, nil
+}
+
+func (w *sendWorker) acquire(ctx context.Context, b *batch, n int) (time.Duration, error) {
+	if w.throttle == nil {
+		return 0, nil
+	}
+	return w.throttle.Acquire(ctx, b.key, n)
+}
+
+// putBack returns recipients not attempted to queued, keeping what was done.
+func (w *sendWorker) putBack(ctx context.Context, b *batch, rest []recipient, wait time.Duration, err error) (time.Duration, error) {
+	ids := make([]int64, len(rest))
+	for i, r := range rest {
+		ids[i] = r.contactID
+	}
+	ctx = context.WithoutCancel(ctx)
+	if len(b.outcomes) > 0 {
+		if rerr := w.writeOutcomes(ctx, w.pool, b); rerr != nil {
+			return 0, rerr
+		}
+		b.outcomes = nil
+	}
+	_, perr := w.pool.Exec(ctx, `
+		UPDATE deliveries SET state = 'queued', attempts = attempts - 1, updated_at = now()
+		WHERE campaign_id = $1 AND contact_id = ANY($2) AND state = 'sending'`, b.cc.c.ID, ids)
+	if perr != nil {
+		return 0, fmt.Errorf("returning recipients of campaign %d batch %d to the queue: %w", b.cc.c.ID, b.job.Args.BatchNo, perr)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return wait, nil
+}
+
+// transact runs SMTP transactions for rcpts with one body: recipients
+// answered 452 (too many recipients, RFC 5321 §4.5.3.1.10) go again at once
+// in the next transaction on the same connection.
+func (w *sendWorker) transact(ctx context.Context, b *batch, sess transport.Session, rcpts []recipient, body []byte) error {
+	for len(rcpts) > 0 {
+		env := &smtp.Envelope{From: b.cc.envFrom, Rcpts: make([]smtp.Recipient, len(rcpts)), Size: int64(len(body))}
+		for i, r := range rcpts {
+			env.Rcpts[i] = smtp.Recipient{Addr: r.email}
+		}
+		res, err := sess.Send(ctx, env, bytes.NewReader(body))
+		if w.throttle != nil {
+			w.throttle.Observe(b.key, err)
+		}
+		var again []recipient
+		for i, r := range rcpts {
+			var rr *smtp.Reply
+			if res != nil && i < len(res.Rcpts) {
+				rr = res.Rcpts[i]
+			}
+			switch {
+			case rr != nil && rr.Code == 452 && len(again) < i:
+				// Accepted nothing more in this transaction; retry now.
+				again = append(again, r)
+			case rr != nil && rr.Code >= 400:
+				b.outcomes = append(b.outcomes, w.replyOutcome(b, r, rr))
+			case err != nil:
+				b.outcomes = append(b.outcomes, w.errOutcome(b, r, err))
+			case res != nil && res.Data != nil:
+				b.outcomes = append(b.outcomes, w.replyOutcome(b, r, res.Data))
+			default:
+				b.outcomes = append(b.outcomes, w.errOutcome(b, r, errors.New("no reply to RCPT or data")))
+			}
+		}
+		if err != nil {
+			w.failAll(b, again, err)
+			return err
+		}
+		if len(again) == len(rcpts) {
+			// The server took none of them: do not loop.
+			w.failAll(b, again, errors.New("452 for every recipient of the transaction"))
+			return nil
+		}
+		rcpts = again
+	}
+	return nil
+}
+
+// replyOutcome maps a recipient's final reply to its ledger state.
+func (w *sendWorker) replyOutcome(b *batch, r recipient, reply *smtp.Reply) outcome {
+	o := outcome{contactID: r.contactID, reply: reply}
+	switch smtp.ReplyOutcome(reply) {
+	case smtp.Sent:
+		o.state = campaign.StateSent
+	case smtp.Bounce:
+		o.state = campaign.StateBounced
+	default:
+		w.defer_(b, r, &o)
+	}
+	return o
+}
+
+// errOutcome maps an error with no per-recipient reply to a ledger state.
+func (w *sendWorker) errOutcome(b *batch, r recipient, err error) outcome {
+	o := outcome{contactID: r.contactID, errText: err.Error()}
+	var se *smtp.Error
+	if errors.As(err, &se) {
+		o.reply = &se.Reply
+	}
+	switch smtp.Classify(err) {
+	case smtp.Sent:
+		o.state = campaign.StateSent
+	case smtp.Bounce:
+		o.state = campaign.StateBounced
+	case smtp.Unknown:
+		if b.cc.c.Settings.AtLeastOnce {
+			w.defer_(b, r, &o)
+		} else {
+			o.state = campaign.StateUnknown
+		}
+	default:
+		w.defer_(b, r, &o)
+	}
+	return o
+}
+
+// defer_ schedules r's next attempt, or expires it past the campaign's
+// maximum age.
+func (w *sendWorker) defer_(b *batch, r recipient, o *outcome) {
+	s := b.cc.c.Settings.WithDefaults()
+	next := w.now().Add(s.RetryDelay(r.attempts))
+	started := w.now()
+	if b.cc.c.StartedAt != nil {
+		started = *b.cc.c.StartedAt
+	}
+	if next.After(started.Add(time.Duration(s.MaxAge))) {
+		o.state = campaign.StateExpired
+		return
+	}
+	o.state = campaign.StateDeferred
+	o.next = &next
+}
+
+func (w *sendWorker) failAll(b *batch, rcpts []recipient, err error) {
+	for _, r := range rcpts {
+		b.outcomes = append(b.outcomes, w.errOutcome(b, r, err))
+	}
+}
+
+// brokenSession reports whether err leaves the session unusable for the
+// rest of the batch (a connection error, not a reply).
+func brokenSession(err error) bool {
+	var se *smtp.Error
+	if errors.As(err, &se) {
+		return se.Code == 421
+	}
+	return err != nil
+}
+
+// groupName is the To header of a message sent to many: an empty RFC 5322
+// group (§3.4) named after the list.
+func groupName(list string) string {
+	name := strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f || strings.ContainsRune(`()<>[]:;@\,."`, r) {
+			return -1
+		}
+		return r
+	}, list)
+	if strings.TrimSpace(name) == "" {
+		name = "undisclosed-recipients"
+	}
+	return name + ":;"
+}
+
+// record writes every outcome, marks the batch done or schedules its next
+// attempt, completes the job and finishes the campaign if it was the last
+// batch: one transaction, so a crash leaves either all of it or none.
+func (w *sendWorker) record(ctx context.Context, b *batch) error {
+	ctx = context.WithoutCancel(ctx) // outcomes are recorded even on shutdown
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("recording campaign %d batch %d: %w", b.cc.c.ID, b.job.Args.BatchNo, err)
+	}
+	defer tx.Rollback(ctx)
+	if err := w.writeOutcomes(ctx, tx, b); err != nil {
+		return err
+	}
+	args := b.job.Args
+	var next *time.Time
+	err = tx.QueryRow(ctx, `
+		SELECT min(next_attempt_at) FROM deliveries
+		WHERE campaign_id = $1 AND batch_no = $2 AND state = 'deferred'`, args.CampaignID, args.BatchNo).Scan(&next)
+	if err != nil {
+		return fmt.Errorf("reading deferred recipients of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	if next != nil {
+		opts := campaign.JobOpts(b.cc.c.Kind)
+		opts.ScheduledAt = *next
+		if _, err := river.ClientFromContext[pgx.Tx](ctx).InsertTx(ctx, tx, args, opts); err != nil {
+			return fmt.Errorf("scheduling retry of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+		}
+	} else {
+		if _, err := tx.Exec(ctx, `UPDATE batches SET done = true WHERE campaign_id = $1 AND batch_no = $2`,
+			args.CampaignID, args.BatchNo); err != nil {
+			return fmt.Errorf("closing campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+		}
+	}
+	job, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, b.job)
+	if err != nil {
+		return fmt.Errorf("completing job %d: %w", b.job.ID, err)
+	}
+	if job.State != rivertype.JobStateCompleted {
+		// The job was no longer ours (rescued or cancelled meanwhile):
+		// roll back rather than record outcomes under someone else's run.
+		return fmt.Errorf("job %d is %s, not running: outcomes of this run discarded", b.job.ID, job.State)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("committing outcomes of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	// After the commit, not in it: two last batches committing at once
+	// would each see the other still pending. Whichever commits last sees
+	// both done here.
+	if next == nil {
+		if _, err := campaign.FinishIfDone(ctx, w.pool, args.CampaignID); err != nil {
+			return err
+		}
+	}
+	b.log.Debug("batch recorded", "recipients", len(b.outcomes))
+	return nil
+}
+
+// writeOutcomes updates every outcome's delivery row in one statement.
+func (w *sendWorker) writeOutcomes(ctx context.Context, q campaign.Querier, b *batch) error {
+	n := len(b.outcomes)
+	if n == 0 {
+		return nil
+	}
+	ids := make([]int64, n)
+	states := make([]string, n)
+	codes := make([]*int32, n)
+	enhanced := make([]*string, n)
+	texts := make([]*string, n)
+	nexts := make([]*time.Time, n)
+	for i, o := range b.outcomes {
+		ids[i], states[i], nexts[i] = o.contactID, o.state, o.next
+		if o.reply != nil {
+			code := int32(o.reply.Code)
+			codes[i] = &code
+			if o.reply.Enhanced != (smtp.EnhancedCode{}) {
+				e := o.reply.Enhanced.String()
+				enhanced[i] = &e
+			}
+			t := o.reply.Text
+			texts[i] = &t
+		} else if o.errText != "" {
+			t := o.errText
+			texts[i] = &t
+		}
+	}
+	_, err := q.Exec(ctx, `
+		UPDATE deliveries d SET state = u.state, last_code = u.code, last_enhanced = u.enhanced,
+		       last_text = u.text, next_attempt_at = u.next, updated_at = now(),
+		       sent_at = CASE WHEN u.state = 'sent' THEN now() ELSE d.sent_at END
+		FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
+		     AS u(contact_id, state, code, enhanced, text, next)
+		WHERE d.campaign_id = $1 AND d.contact_id = u.contact_id`,
+		b.cc.c.ID, ids, states, codes, enhanced, texts, nexts)
+	if err != nil {
+		return fmt.Errorf("recording outcomes of campaign %d batch %d: %w", b.cc.c.ID, b.job.Args.BatchNo, err)
+	}
+	return nil
+}

@@ -1,0 +1,167 @@
+// Package worker runs blaster's River workers: send_batch jobs from the
+// alert and newsletter queues, delivered through a transport.Transport.
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+
+	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/transport"
+)
+
+// Config configures a worker process.
+type Config struct {
+	// Pool is the database; required. Size it for River (a few
+	// connections) plus one per concurrent send job.
+	Pool *pgxpool.Pool
+	// Transport delivers the mail; required. Stop closes it.
+	Transport transport.Transport
+	// Throttle paces sends; nil sends as fast as the transport takes it.
+	Throttle Throttle
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+	// NewsletterWorkers is how many newsletter batches run at once in this
+	// process (each holds one SMTP connection). Default 16.
+	NewsletterWorkers int
+	// AlertWorkers is how many alert batches run at once. Default 8.
+	AlertWorkers int
+	// JobTimeout bounds one batch. Default 5 minutes.
+	JobTimeout time.Duration
+	// RescueAfter is how long a job may run before River's rescuer assumes
+	// its worker died and makes it available again; it must exceed
+	// JobTimeout. Default JobTimeout + 1 minute.
+	RescueAfter time.Duration
+	// PauseRecheck is how soon a batch of a paused campaign is tried
+	// again. Default 1 second.
+	PauseRecheck time.Duration
+	// FetchInterval is how often an idle worker polls for jobs on top of
+	// LISTEN/NOTIFY. Default River's (1s); tests may lower it.
+	FetchInterval time.Duration
+	// NowFunc is the clock; default time.Now.
+	NowFunc func() time.Time
+}
+
+// WithDefaults returns c with every zero field set to its default.
+func (c Config) WithDefaults() Config {
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.NewsletterWorkers <= 0 {
+		c.NewsletterWorkers = 16
+	}
+	if c.AlertWorkers <= 0 {
+		c.AlertWorkers = 8
+	}
+	if c.JobTimeout <= 0 {
+		c.JobTimeout = 5 * time.Minute
+	}
+	if c.RescueAfter <= 0 {
+		c.RescueAfter = c.JobTimeout + time.Minute
+	}
+	if c.PauseRecheck <= 0 {
+		c.PauseRecheck = time.Second
+	}
+	if c.NowFunc == nil {
+		c.NowFunc = time.Now
+	}
+	return c
+}
+
+func (c Config) validate() error {
+	if c.Pool == nil {
+		return errors.New("worker: Config.Pool is required")
+	}
+	if c.Transport == nil {
+		return errors.New("worker: Config.Transport is required")
+	}
+	if c.RescueAfter < c.JobTimeout {
+		return errors.New("worker: RescueAfter must be at least JobTimeout")
+	}
+	return nil
+}
+
+// Worker is one worker process's River client and send workers.
+type Worker struct {
+	cfg    Config
+	client *river.Client[pgx.Tx]
+}
+
+// New builds a worker; Start runs it.
+func New(cfg Config) (*Worker, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	workers := river.NewWorkers()
+	river.AddWorker(workers, &sendWorker{
+		pool:      cfg.Pool,
+		transport: cfg.Transport,
+		throttle:  cfg.Throttle,
+		logger:    cfg.Logger,
+		now:       cfg.NowFunc,
+		timeout:   cfg.JobTimeout,
+		pauseWait: cfg.PauseRecheck,
+		campaigns: map[int64]*compiled{},
+	})
+	rcfg := &river.Config{
+		Queues: map[string]river.QueueConfig{
+			campaign.QueueAlert:      {MaxWorkers: cfg.AlertWorkers},
+			campaign.QueueNewsletter: {MaxWorkers: cfg.NewsletterWorkers},
+		},
+		Workers:              workers,
+		JobTimeout:           cfg.JobTimeout,
+		RescueStuckJobsAfter: cfg.RescueAfter,
+		Logger:               cfg.Logger.With("component", "river"),
+	}
+	if cfg.FetchInterval > 0 {
+		rcfg.FetchPollInterval = cfg.FetchInterval
+		rcfg.FetchCooldown = min(cfg.FetchInterval, 100*time.Millisecond)
+	}
+	client, err := river.NewClient(riverpgxv5.New(cfg.Pool), rcfg)
+	if err != nil {
+		return nil, fmt.Errorf("creating River client: %w", err)
+	}
+	return &Worker{cfg: cfg, client: client}, nil
+}
+
+// Start begins working jobs; it returns at once.
+func (w *Worker) Start(ctx context.Context) error {
+	if err := w.client.Start(ctx); err != nil {
+		return fmt.Errorf("starting River client: %w", err)
+	}
+	return nil
+}
+
+// Stop stops fetching jobs, lets the batches in flight finish their SMTP
+// transactions and record their outcomes, then closes the transport (QUIT
+// on every connection). If ctx ends first, running jobs are cancelled:
+// their unfinished recipients stay in the ledger to be resumed.
+func (w *Worker) Stop(ctx context.Context) error {
+	err := w.client.Stop(ctx)
+	if err != nil {
+		err = errors.Join(err, w.client.StopAndCancel(context.WithoutCancel(ctx)))
+	}
+	return errors.Join(err, w.cfg.Transport.Close())
+}
+
+// Client is the River client, for inserting jobs from the same process.
+func (w *Worker) Client() *river.Client[pgx.Tx] { return w.client }
+
+// InsertClient returns a River client that only inserts jobs (no queues),
+// for commands such as `campaign start`.
+func InsertClient(pool *pgxpool.Pool) (*river.Client[pgx.Tx], error) {
+	c, err := river.NewClient(riverpgxv5.New(pool), &river.Config{})
+	if err != nil {
+		return nil, fmt.Errorf("creating River client: %w", err)
+	}
+	return c, nil
+}
