@@ -61,6 +61,7 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 
 	root.AddCommand(
 		newMigrateCmd(a),
+		newServeCmd(a),
 		newCampaignCmd(a),
 		newWorkerCmd(a),
 		newSinkCmd(a),
