@@ -703,12 +703,17 @@ func (c *Client) data(body io.Reader, res *Result) error {
 	}
 	c.cw.block = 0
 	if err != nil {
-		c.abort()
 		switch {
 		case errors.Is(err, ErrLineTooLong):
+			c.abort()
 			return fmt.Errorf("smtp %s: message line %d: %w", c.server, dw.lines+1, ErrLineTooLong)
 		case rd.err != nil:
+			c.abort()
 			return fmt.Errorf("smtp %s: reading the message body: %w", c.server, rd.err)
+		}
+		if r := c.salvageReply(err); r != nil {
+			res.Data = r
+			return &Error{Reply: *r, Command: ".", Server: c.server}
 		}
 		return c.fail("sending the message body", err)
 	}
@@ -720,6 +725,33 @@ func (c *Client) data(body io.Reader, res *Result) error {
 	}
 	res.Data = r
 	return err
+}
+
+// salvageWait bounds the read of a reply after a failed write of message
+// data; the reply, if any, is already in the socket's buffer.
+const salvageWait = time.Second
+
+// salvageReply looks for a negative reply the server sent before it closed
+// the connection in the middle of the data (a server that refuses the
+// message early, like smtp-sink -A, Postfix's smtpd on a size overrun or a
+// filter). Like Postfix's smtp client, it prefers that reply to the bare
+// write error: it says why. The connection stays broken either way.
+func (c *Client) salvageReply(writeErr error) *Reply {
+	var ne net.Error
+	if errors.As(writeErr, &ne) && ne.Timeout() {
+		return nil
+	}
+	c.broken = true
+	if c.setDeadline(salvageWait) != nil {
+		c.abort()
+		return nil
+	}
+	r, err := readReply(c.br, c.traceFunc())
+	c.abort()
+	if err != nil || r.Code/100 == 2 || r.Code/100 == 3 {
+		return nil
+	}
+	return r
 }
 
 // errReader records the body reader's error, to tell it from a write error.
@@ -901,11 +933,7 @@ func (c *Client) reply(name string, timeout time.Duration, want int) (*Reply, er
 	if err := c.setDeadline(timeout); err != nil {
 		return nil, c.fail(name, err)
 	}
-	var trace func(string)
-	if c.cfg.Trace != nil {
-		trace = func(l string) { fmt.Fprintf(c.cfg.Trace, "S: %s\n", l) }
-	}
-	r, err := readReply(c.br, trace)
+	r, err := readReply(c.br, c.traceFunc())
 	if err != nil {
 		return nil, c.fail(name, err)
 	}
@@ -937,6 +965,13 @@ func (c *Client) writeMasked(line string, secretFrom int) {
 	}
 	c.bw.WriteString(line)
 	c.bw.WriteString("\r\n")
+}
+
+func (c *Client) traceFunc() func(string) {
+	if c.cfg.Trace == nil {
+		return nil
+	}
+	return func(l string) { fmt.Fprintf(c.cfg.Trace, "S: %s\n", l) }
 }
 
 func (c *Client) trace(format string, args ...any) {

@@ -231,3 +231,24 @@ func BenchmarkSend(b *testing.B) {
 		})
 	}
 }
+
+// TestSinkAbortDuringData: smtp-sink -A 0 answers DATA with 354, then at
+// once 550 and closes while the client is still writing a 5 MB body. The
+// client reports the server's 550, not the bare write error.
+func TestSinkAbortDuringData(t *testing.T) {
+	addr := startSink(t, "-A", "0")
+	c, err := dialSink(t, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	env := &Envelope{From: "n@example.test", Rcpts: rcpts("a@example.test")}
+	res, err := c.Send(context.Background(), env, newLineSource(5<<20))
+	var se *Error
+	if !errors.As(err, &se) || se.Code != 550 || res.Data == nil || res.Data.Code != 550 {
+		t.Fatalf("Send = %+v, %v; want the server's 550", res, err)
+	}
+	if o, _ := res.Outcome(0, err); o != Bounce || !c.Broken() {
+		t.Errorf("outcome %v, broken %v; want bounce, broken", o, c.Broken())
+	}
+}
