@@ -108,7 +108,7 @@ func (u *Unsubscribe) setHeader(h *mail.Header, v *view) error {
 	if u.Mailto != "" {
 		subject := "unsubscribe"
 		if u.OneClick {
-			tok, err := u.token(&v.Data)
+			tok, err := u.token(v.data)
 			if err != nil {
 				return err
 			}

@@ -60,13 +60,21 @@ type Data struct {
 	ContactID  int64
 }
 
-// view is the value templates execute on: Data plus what blaster derives
-// per recipient.
+// view is the value templates execute on: Data's fields plus what blaster
+// derives per recipient. It is flat, not embedding Data, because templates
+// look fields up by reflection and an embedded struct's fields cost a
+// search per lookup.
 type view struct {
-	Data
+	Email      string
+	Name       string
+	Attrs      map[string]string
+	CampaignID int64
+	ContactID  int64
 	// UnsubscribeURL is the one-click HTTPS link with the recipient's
 	// token, else the list-level URL or mailto, else "".
 	UnsubscribeURL string
+
+	data *Data
 }
 
 // Option adjusts Parse for the environment the messages are built in.
@@ -385,7 +393,7 @@ type sharedMessage struct {
 
 // view computes what the templates see for d.
 func (t *Template) view(d *Data) (*view, error) {
-	v := &view{Data: *d}
+	v := &view{Email: d.Email, Name: d.Name, Attrs: d.Attrs, CampaignID: d.CampaignID, ContactID: d.ContactID, data: d}
 	u, err := t.unsub.url(d)
 	if err != nil {
 		return nil, err
