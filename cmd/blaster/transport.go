@@ -16,6 +16,8 @@ type transportFlags struct {
 	relays       []string
 	passwordFile string
 	pickup       string
+	mx           bool
+	mxPort       int
 	localName    string
 }
 
@@ -24,6 +26,8 @@ func (tf *transportFlags) register(f *pflag.FlagSet) {
 		"relay URL smtp://[user@]host[:port] or smtps://…, repeatable for failover (default $BLASTER_RELAY, comma separated)")
 	f.StringVar(&tf.passwordFile, "relay-password-file", "", "file holding the relay password (else $BLASTER_RELAY_PASSWORD)")
 	f.StringVar(&tf.pickup, "pickup", "", "write messages as .eml files into this pickup directory instead of SMTP")
+	f.BoolVar(&tf.mx, "mx", false, "deliver directly to each domain's MX hosts (STARTTLS opportunistic)")
+	f.IntVar(&tf.mxPort, "mx-port", transport.DefaultMXPort, "port for --mx delivery")
 	f.StringVar(&tf.localName, "helo", "", "name to send in EHLO (default the host name)")
 }
 
@@ -42,13 +46,21 @@ func (tf *transportFlags) relayURLs() []string {
 
 func (tf *transportFlags) build(a *app) (transport.Transport, error) {
 	urls := tf.relayURLs()
+	chosen := 0
+	for _, set := range []bool{tf.pickup != "", len(urls) > 0, tf.mx} {
+		if set {
+			chosen++
+		}
+	}
 	switch {
-	case tf.pickup != "" && len(urls) > 0:
-		return nil, errors.New("give either --pickup or --relay, not both")
+	case chosen > 1:
+		return nil, errors.New("give one of --relay, --mx or --pickup")
 	case tf.pickup != "":
 		return transport.NewPickup(tf.pickup, transport.PickupOptions{})
+	case tf.mx:
+		return transport.NewMX(transport.MXOptions{Port: tf.mxPort, LocalName: tf.localName}), nil
 	case len(urls) == 0:
-		return nil, errors.New("no transport: give --relay URL (or $BLASTER_RELAY) or --pickup DIR")
+		return nil, errors.New("no transport: give --relay URL (or $BLASTER_RELAY), --mx, or --pickup DIR")
 	}
 	cfgs := make([]transport.RelayConfig, len(urls))
 	for i, u := range urls {
@@ -67,6 +79,9 @@ func (tf *transportFlags) build(a *app) (transport.Transport, error) {
 func (tf *transportFlags) describe() string {
 	if tf.pickup != "" {
 		return "pickup:" + tf.pickup
+	}
+	if tf.mx {
+		return "mx"
 	}
 	urls := tf.relayURLs()
 	names := make([]string, 0, len(urls))
