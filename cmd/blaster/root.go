@@ -62,6 +62,7 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 	root.AddCommand(
 		newMigrateCmd(a),
 		newServeCmd(a),
+		newThrottleCmd(a),
 		newCampaignCmd(a),
 		newWorkerCmd(a),
 		newSinkCmd(a),

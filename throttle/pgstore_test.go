@@ -1,0 +1,236 @@
+package throttle
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/blaster-mail/blaster/db"
+	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/smtp"
+)
+
+// processes opens n pools on one fresh database: each Limiter built on one
+// acts as a separate worker process.
+func processes(t *testing.T, n int) []*pgxpool.Pool {
+	t.Helper()
+	url := dbtest.New(t)
+	pools := make([]*pgxpool.Pool, n)
+	for i := range pools {
+		p, err := db.Open(context.Background(), url, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(p.Close)
+		pools[i] = p
+	}
+	return pools
+}
+
+// newDBFakeClock starts at the real time, so that what the database
+// compares with its own clock (status, connection heartbeats) agrees.
+func newDBFakeClock() *fakeClock { return &fakeClock{t: time.Now()} }
+
+const relay = "smtp://relay.example.test:587"
+
+func sharedConfig(pool *pgxpool.Pool, clk *fakeClock) Config {
+	return Config{
+		Pool:         pool,
+		NowFunc:      clk.Now,
+		SleepFunc:    clk.Sleep,
+		MaxWait:      Duration(time.Nanosecond),
+		AlertReserve: -1,
+		Routes:       map[string]Limits{relay: {Rate: 200, Burst: 20}},
+		Logger:       slog.New(slog.DiscardHandler),
+	}
+}
+
+// TestSharedRateThreeProcesses: three processes sending as fast as they
+// may through one relay limited to 200/s keep the limit together: over 30
+// simulated seconds the total is within 2% of it and no second exceeds
+// 110%.
+func TestSharedRateThreeProcesses(t *testing.T) {
+	clk := newDBFakeClock()
+	var ls []*Limiter
+	for _, p := range processes(t, 3) {
+		ls = append(ls, newTestLimiter(t, sharedConfig(p, clk)))
+	}
+	ctx := context.Background()
+	const secs = 30
+	perSec := make([]int, secs)
+	perProc := make([]int, len(ls))
+	start := clk.Now()
+	for step := 0; step < secs*20; step++ { // 50ms steps
+		sec := int(clk.Now().Sub(start) / time.Second)
+		// Processes take turns going first, as they would race.
+		for i := range ls {
+			j := (i + step) % len(ls)
+			for {
+				w, err := ls[j].Acquire(ctx, Key{Route: relay, Domain: "example.test", Campaign: 1}, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if w > 0 {
+					break
+				}
+				perSec[sec]++
+				perProc[j]++
+			}
+		}
+		clk.Advance(50 * time.Millisecond)
+	}
+	total := 0
+	for s, n := range perSec {
+		total += n
+		if n > 220 {
+			t.Errorf("second %d: %d sent, over 110%% of 200", s, n)
+		}
+	}
+	if limit := 200 * secs; total > limit*102/100 || total < limit*98/100 {
+		t.Errorf("total %d in %ds, want within 2%% of %d", total, secs, limit)
+	}
+	for i, n := range perProc {
+		if n < total/10 {
+			t.Errorf("process %d got only %d of %d", i, n, total)
+		}
+	}
+	t.Logf("total %d in %ds (limit %d), per process %v, first seconds %v", total, secs, 200*secs, perProc, perSec[:5])
+}
+
+// TestSharedSuspension: a suspension one process decides stops another
+// within LeaseTTL, even one holding leased tokens.
+func TestSharedSuspension(t *testing.T) {
+	clk := newDBFakeClock()
+	pools := processes(t, 2)
+	a := newTestLimiter(t, sharedConfig(pools[0], clk))
+	b := newTestLimiter(t, sharedConfig(pools[1], clk))
+	ctx := context.Background()
+	key := Key{Route: relay, Domain: "example.test", Campaign: 1}
+	if w, err := b.Acquire(ctx, key, 1); err != nil || w != 0 {
+		t.Fatalf("b before: %v %v", w, err)
+	}
+	a.Observe(key, &smtp.Error{Reply: smtp.Reply{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 1}, Text: "rate limited, try again in 5 minutes"}})
+	if w, _ := a.Acquire(ctx, key, 1); w != 5*time.Minute {
+		t.Fatalf("a after its own suspension: wait %v, want 5m", w)
+	}
+	clk.Advance(time.Duration(b.Config().LeaseTTL) + time.Millisecond)
+	w, err := b.Acquire(ctx, key, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w < 4*time.Minute || w > 5*time.Minute {
+		t.Fatalf("b after a's suspension and LeaseTTL: wait %v, want ~5m", w)
+	}
+	// A fresh process sees it at once.
+	c := newTestLimiter(t, sharedConfig(pools[1], clk))
+	if w, _ := c.Acquire(ctx, key, 1); w == 0 {
+		t.Fatal("new process not suspended")
+	}
+	// Another destination through the same relay goes on.
+	if w, _ := b.Acquire(ctx, Key{Route: relay, Domain: "other.example.test"}, 1); w != 0 {
+		t.Fatalf("other destination: wait %v", w)
+	}
+
+	st, err := Status(ctx, pools[0], nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, s := range st {
+		if s.Scope == "domain:example.test" {
+			found = true
+			if s.SuspendedUntil == nil || s.Rule != "4.7.x" || s.Reason != "451 4.7.1 rate limited, try again in 5 minutes" || s.Factor != 0.25 {
+				t.Errorf("status of the suspended scope: %+v", s)
+			}
+		}
+		if s.Scope == "route:"+relay && s.ConfiguredRate != 200 {
+			t.Errorf("status of the relay: %+v", s)
+		}
+	}
+	if !found {
+		t.Errorf("suspended scope missing from status %+v", st)
+	}
+
+	// Recovery after the suspension, shared: 0.25, then x1.5 per 30s.
+	clk.Advance(5 * time.Minute)
+	for _, want := range []float64{0.25, 0.375, 0.5625} {
+		var f float64
+		if err := pools[0].QueryRow(ctx, `SELECT factor FROM throttle_scopes WHERE scope = 'domain:example.test'`).Scan(&f); err != nil {
+			t.Fatal(err)
+		}
+		if f != want {
+			t.Fatalf("factor %v, want %v", f, want)
+		}
+		clk.Advance(30 * time.Second)
+		b.Observe(key, nil)
+	}
+}
+
+// TestSharedAlertReserve: newsletters in two processes leave the reserve to
+// alerts in a third.
+func TestSharedAlertReserve(t *testing.T) {
+	clk := newDBFakeClock()
+	pools := processes(t, 3)
+	var ls []*Limiter
+	for _, p := range pools {
+		cfg := sharedConfig(p, clk)
+		cfg.AlertReserve = 0.2
+		cfg.Routes = map[string]Limits{relay: {Rate: 100, Burst: 10}}
+		ls = append(ls, newTestLimiter(t, cfg))
+	}
+	ctx := context.Background()
+	news := Key{Route: relay, Domain: "example.test", Campaign: 1}
+	alert := Key{Route: relay, Domain: "example.test", Campaign: 2, Alert: true}
+	nn, na := 0, 0
+	for step := 0; step < 200; step++ { // 10s in 50ms steps
+		for _, l := range ls[:2] {
+			for {
+				if w, _ := l.Acquire(ctx, news, 1); w > 0 {
+					break
+				}
+				nn++
+			}
+		}
+		for {
+			if w, _ := ls[2].Acquire(ctx, alert, 1); w > 0 {
+				break
+			}
+			na++
+		}
+		clk.Advance(50 * time.Millisecond)
+	}
+	if nn > 810 || na < 190 || nn+na > 1010 {
+		t.Fatalf("newsletters %d, alerts %d in 10s at 100/s with 20%% reserved", nn, na)
+	}
+}
+
+// TestDatabaseClock: without a NowFunc the database's clock refills the
+// buckets.
+func TestDatabaseClock(t *testing.T) {
+	pools := processes(t, 1)
+	l := newTestLimiter(t, Config{
+		Pool:    pools[0],
+		MaxWait: Duration(time.Nanosecond),
+		Routes:  map[string]Limits{relay: {Rate: 0.001, Burst: 3}},
+		Logger:  slog.New(slog.DiscardHandler),
+	})
+	ctx := context.Background()
+	granted := 0
+	for i := 0; i < 10; i++ {
+		w, err := l.Acquire(ctx, Key{Route: relay, Alert: true}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w == 0 {
+			granted++
+		} else if w < 10*time.Minute {
+			t.Fatalf("wait %v at 0.001/s, want ~1000s", w)
+		}
+	}
+	if granted != 3 {
+		t.Fatalf("granted %d at 0.001/s with burst 3, want 3", granted)
+	}
+}
