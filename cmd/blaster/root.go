@@ -68,6 +68,7 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 		newSinkCmd(a),
 		newImportCmd(a),
 		newSuppressCmd(a),
+		newDemoCmd(a),
 	)
 	return root
 }
