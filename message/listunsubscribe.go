@@ -76,8 +76,8 @@ func (u *Unsubscribe) check() error {
 
 // token returns the recipient's token, or an error naming what is missing.
 func (u *Unsubscribe) token(d *Data) (string, error) {
-	if d.CampaignID <= 0 || d.ContactID <= 0 {
-		return "", fmt.Errorf("one-click unsubscribe for %s: campaign id %d and contact id %d must both be set", d.Email, d.CampaignID, d.ContactID)
+	if d.CampaignID <= 0 || d.ContactID <= 0 || d.Email == "" {
+		return "", fmt.Errorf("one-click unsubscribe for %q: email, campaign id (%d) and contact id (%d) must all be set", d.Email, d.CampaignID, d.ContactID)
 	}
 	return unsubscribe.Token(u.Key, unsubscribe.Recipient{CampaignID: d.CampaignID, ContactID: d.ContactID, Email: d.Email}), nil
 }

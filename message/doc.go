@@ -1,0 +1,25 @@
+// Package message builds the messages blaster sends from a campaign's
+// templates: the subject and text body are text/template, the HTML body
+// html/template, over one recipient's Data; Parse checks them once per
+// campaign, Validate test-renders them against sample contacts, Render
+// builds one message, Shared builds a same-for-all message once.
+//
+// Messages are written with emersion/go-message, streaming: template output
+// and attachments go through the transfer encoders straight to the writer.
+// A DKIM-signed message is spooled (memory, then a temporary file) because
+// its signature comes first but covers the whole message.
+//
+// Standards followed:
+//   - RFC 5322: Internet Message Format (header fields, Message-ID, Date,
+//     groups in To, the 998-octet line limit).
+//   - RFC 2045, 2046: MIME (quoted-printable, base64, multipart/alternative,
+//     multipart/mixed); RFC 2047: encoded words in headers; RFC 2231:
+//     encoded attachment file names.
+//   - RFC 2369 §3.2: List-Unsubscribe; RFC 8058: one-click unsubscription
+//     (List-Unsubscribe-Post); RFC 6068: mailto URIs.
+//   - RFC 6376: DKIM signatures, relaxed/relaxed; RFC 8301: RSA key sizes;
+//     RFC 8463: Ed25519 keys.
+//
+// Header injection: no value from recipient data or configuration reaches
+// a header with a control character in it; Render returns a *HeaderError.
+package message
