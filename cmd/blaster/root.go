@@ -69,6 +69,7 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 		newImportCmd(a),
 		newSuppressCmd(a),
 		newDemoCmd(a),
+		newProbeCmd(a),
 	)
 	return root
 }
