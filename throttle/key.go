@@ -1,6 +1,3 @@
-// Package throttle paces delivery: rates, connection caps and adaptive
-// back-off per scope (global, relay, destination, campaign), shared by every
-// worker process through PostgreSQL.
 package throttle
 
 // Key names the scopes one SMTP transaction counts against.
