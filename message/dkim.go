@@ -144,14 +144,10 @@ func (t *Template) writeSigned(w io.Writer, h mail.Header, v *view) error {
 	if err := s.Close(); err != nil {
 		return fmt.Errorf("DKIM signing message for %s: %w", v.Email, err)
 	}
-	bw := bufio.NewWriterSize(w, 32<<10)
-	if _, err := io.WriteString(bw, s.Signature()); err != nil {
+	if _, err := io.WriteString(w, s.Signature()); err != nil {
 		return fmt.Errorf("writing message for %s: %w", v.Email, err)
 	}
-	if err := sp.writeTo(bw); err != nil {
-		return fmt.Errorf("writing message for %s: %w", v.Email, err)
-	}
-	if err := bw.Flush(); err != nil {
+	if err := sp.writeTo(w); err != nil {
 		return fmt.Errorf("writing message for %s: %w", v.Email, err)
 	}
 	return nil

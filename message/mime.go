@@ -2,6 +2,7 @@ package message
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"encoding/base32"
 	"fmt"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/emersion/go-message/mail"
@@ -110,7 +112,15 @@ func setTo(h *mail.Header, to string) error {
 // Text parts are quoted-printable (safe for any line length and 8-bit
 // text, RFC 2045 §6.7), attachments base64 (RFC 2045 §6.8).
 func (t *Template) writeMIME(w io.Writer, h mail.Header, v *view) error {
-	bw := bufio.NewWriterSize(w, 32<<10)
+	if _, ok := w.(*bytes.Buffer); ok { // buffering again would only copy
+		return t.writeEntity(w, h, v)
+	}
+	bw := bufioPool.Get().(*bufio.Writer)
+	bw.Reset(w)
+	defer func() {
+		bw.Reset(nil)
+		bufioPool.Put(bw)
+	}()
 	if err := t.writeEntity(bw, h, v); err != nil {
 		return err
 	}
@@ -119,6 +129,10 @@ func (t *Template) writeMIME(w io.Writer, h mail.Header, v *view) error {
 	}
 	return nil
 }
+
+// bufioPool holds the writers that turn go-message's many small writes
+// into few large ones on a file or connection.
+var bufioPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
 
 func (t *Template) writeEntity(w io.Writer, h mail.Header, v *view) error {
 	if len(t.attachments) == 0 {
