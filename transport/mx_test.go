@@ -319,3 +319,53 @@ func TestMXOpportunisticSTARTTLS(t *testing.T) {
 		t.Errorf("Stats has %d pools, want one per MX host: %v", len(s), s)
 	}
 }
+
+// FuzzMXOrder feeds arbitrary MX answers (outside input: DNS) through the
+// transport and checks the host order it derives: a permutation of the
+// distinct non-null hosts, by non-decreasing preference.
+func FuzzMXOrder(f *testing.F) {
+	f.Add([]byte{10, 'a', 20, 'b', 10, 'c'})
+	f.Add([]byte{0, '.'})
+	f.Add([]byte{5, 'a', 5, 'a', 0, '.'})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var recs []*net.MX
+		prefOf := map[string]uint16{}
+		for i := 0; i+1 < len(data) && len(recs) < 16; i += 2 {
+			host := string(rune('a'+data[i+1]%8)) + ".example.test."
+			if data[i+1]%9 == 8 {
+				host = "."
+			}
+			recs = append(recs, &net.MX{Host: host, Pref: uint16(data[i])})
+			if h := strings.TrimSuffix(host, "."); h != "" {
+				if p, ok := prefOf[h]; !ok || uint16(data[i]) < p {
+					prefOf[h] = uint16(data[i])
+				}
+			}
+		}
+		dns := &fakeDNS{mx: map[string][]*net.MX{"example.test": recs}, hosts: map[string][]string{}}
+		m := transport.NewMX(transport.MXOptions{LookupMXFunc: dns.LookupMX, LookupHostFunc: dns.LookupHost})
+		defer m.Close()
+		route := m.Route("example.test")
+		if len(prefOf) == 0 {
+			if route != "mx:example.test" {
+				t.Fatalf("no usable MX: Route = %q", route)
+			}
+			return
+		}
+		host := strings.TrimPrefix(route, "mx:")
+		min := uint16(65535)
+		for _, p := range prefOf {
+			min = minPref(min, p)
+		}
+		if p, ok := prefOf[host]; !ok || p != min {
+			t.Fatalf("records %v: Route %q is not a most preferred host (pref %d, want %d)", data, route, p, min)
+		}
+	})
+}
+
+func minPref(a, b uint16) uint16 {
+	if a < b {
+		return a
+	}
+	return b
+}

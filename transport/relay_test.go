@@ -328,3 +328,32 @@ func TestRelaySTARTTLSAndAuth(t *testing.T) {
 		t.Error("send to a relay with an unknown CA succeeded")
 	}
 }
+
+func TestRelayReusesAndRetiresConnections(t *testing.T) {
+	srv := startServer(t, serverOpts{})
+	c, err := transport.ParseRelayURL("smtp://" + srv.addr + "?tls=none&max_conns=1&max_messages=2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := transport.NewRelay([]transport.RelayConfig{c}, transport.RelayOptions{LocalName: "client.example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for i := range 5 {
+		if _, err := sendOne(t, r, fmt.Sprintf("r%d@example.test", i)); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	if n := len(srv.received()); n != 5 {
+		t.Errorf("relay got %d messages, want 5", n)
+	}
+	// 2 messages per connection: 3 connections for 5 messages.
+	if n := srv.connections(); n != 3 {
+		t.Errorf("relay saw %d connections, want 3", n)
+	}
+	st := r.Stats()[c.Redacted()]
+	if st.Created != 3 || st.Retired != 2 || st.Open != 1 {
+		t.Errorf("pool stats = %+v, want Created 3, Retired 2, Open 1", st)
+	}
+}

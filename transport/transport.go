@@ -37,8 +37,10 @@ type Session interface {
 	// smtp.ErrUnknownOutcome means the body was sent but its reply was
 	// never read.
 	Send(ctx context.Context, env *smtp.Envelope, body io.Reader) (*smtp.Result, error)
-	// Release gives the session back: reused (after RSET) when err is nil
-	// and the connection is healthy, closed otherwise. err is the last error
-	// Send returned, if any.
+	// Release gives the session back: reused (after RSET) when the
+	// connection is healthy, closed when it is broken or the RSET fails, so
+	// a reply error (a rejected recipient) does not cost a new connection.
+	// err is the last error Send returned, if any; a relay that answered
+	// 421 with it is passed over for a while. Call it exactly once.
 	Release(err error)
 }
