@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -128,7 +129,12 @@ func (p *Pickup) write(ctx context.Context, env *smtp.Envelope, body io.Reader) 
 		}
 	}()
 
-	bw := bufio.NewWriterSize(f, 64<<10)
+	bw := writerPool.Get().(*bufio.Writer)
+	bw.Reset(f)
+	defer func() {
+		bw.Reset(nil)
+		writerPool.Put(bw)
+	}()
 	from := env.From
 	if from == "" {
 		from = "<>"
@@ -161,6 +167,10 @@ func (p *Pickup) write(ctx context.Context, env *smtp.Envelope, body io.Reader) 
 	}
 	return name, nil
 }
+
+// writerPool recycles the 64 KiB write buffers: one per message would be
+// most of what a Send allocates.
+var writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 64<<10) }}
 
 // headerSafe refuses a value that would end its header line early (and so
 // inject headers) or is not text.
