@@ -41,6 +41,9 @@ type demoOptions struct {
 	// workers is how many batches are sent at once, each on its own SMTP
 	// connection to the sink. Default 16.
 	workers int
+	// privatePG starts a private PostgreSQL cluster in dir/pg even when
+	// another server is at hand. Default false.
+	privatePG bool
 	// timeout bounds the wait for the campaign to finish. Default 10 minutes.
 	timeout time.Duration
 	// sinkCommand builds the command that runs `blaster sink` on addr.
@@ -60,7 +63,8 @@ PostgreSQL server at 127.0.0.1:5432 if it lets user postgres (or you) in
 without a password, in a database blaster_demo; else a private cluster in
 DIR/pg started from the installed PostgreSQL binaries (as root, the Debian
 package postgresql is installed when missing, and the server runs as the
-postgres OS user), stopped again at the end.
+postgres OS user), stopped again at the end. --private-postgres goes
+straight to the private cluster.
 
 The demo migrates the schema, starts ` + "`blaster sink`" + ` on a free loopback port,
 generates DIR/contacts.csv (sample contacts at example.* and *.test
@@ -78,6 +82,7 @@ was sent.`,
 	f.StringVar(&o.dir, "dir", ".demo", "directory for the sample CSV and a private PostgreSQL cluster")
 	f.IntVar(&o.contacts, "contacts", 10_000, "number of sample contacts")
 	f.IntVar(&o.workers, "workers", 16, "batches sent at once (one SMTP connection each)")
+	f.BoolVar(&o.privatePG, "private-postgres", false, "always use a private PostgreSQL cluster in DIR/pg")
 	f.DurationVar(&o.timeout, "timeout", 10*time.Minute, "give up when the campaign has not finished after this long")
 	return cmd
 }
@@ -95,9 +100,13 @@ func runDemo(ctx context.Context, a *app, o demoOptions) (err error) {
 
 	// 1. The database.
 	url := a.databaseURL
-	if url == "" {
+	if url == "" || o.privatePG {
+		ensure := localpg.Ensure
+		if o.privatePG {
+			ensure = localpg.Private
+		}
 		var stopPG func() error
-		url, stopPG, err = localpg.Ensure(ctx, filepath.Join(o.dir, "pg"), a.logger)
+		url, stopPG, err = ensure(ctx, filepath.Join(o.dir, "pg"), a.logger)
 		if err != nil {
 			return fmt.Errorf("demo: finding a PostgreSQL: %w", err)
 		}
@@ -166,7 +175,9 @@ func runDemo(ctx context.Context, a *app, o demoOptions) (err error) {
 		tr.Close()
 		return fmt.Errorf("demo: %w", err)
 	}
-	if err := w.Start(ctx); err != nil {
+	// Not ctx: River cancels the jobs in flight when its start context
+	// ends. On SIGINT, stopWorker lets them finish their transactions.
+	if err := w.Start(cleanup); err != nil {
 		tr.Close()
 		return fmt.Errorf("demo: %w", err)
 	}
@@ -203,22 +214,27 @@ func runDemo(ctx context.Context, a *app, o demoOptions) (err error) {
 	}
 	fmt.Fprintf(a.stdout, "started campaign %d %q: %d recipients in %d batches\n", c.ID, c.Name, res.Recipients, res.Batches)
 
-	// 6. Progress until done.
-	s, err := followCampaign(ctx, a.stdout, pool, c.ID, o.timeout)
-	if s != nil {
-		fmt.Fprintln(a.stdout)
-		writeStatus(a.stdout, s)
-		if s.StartedAt != nil && s.FinishedAt != nil {
-			if d := s.FinishedAt.Sub(*s.StartedAt); d > 0 {
-				fmt.Fprintf(a.stdout, "%-12s%.0f messages/s\n", "rate", float64(s.Sent)/d.Seconds())
-			}
+	// 6. Progress until done; then the worker stops (finishing what is in
+	// flight, also on SIGINT) before the final status is read, so that it
+	// is the ledger's last word.
+	followErr := followCampaign(ctx, a.stdout, pool, c.ID, o.timeout)
+	stopErr := errors.Join(stopWorker(), stopSink())
+	s, err := campaign.GetStatus(cleanup, pool, c.ID)
+	if err != nil {
+		return errors.Join(followErr, stopErr, fmt.Errorf("demo: %w", err))
+	}
+	fmt.Fprintln(a.stdout)
+	writeStatus(a.stdout, s)
+	if s.StartedAt != nil && s.FinishedAt != nil {
+		if d := s.FinishedAt.Sub(*s.StartedAt); d > 0 {
+			fmt.Fprintf(a.stdout, "%-12s%.0f messages/s\n", "rate", float64(s.Sent)/d.Seconds())
 		}
 	}
-	if err != nil {
-		return err
-	}
-	if err := errors.Join(stopWorker(), stopSink()); err != nil {
-		return err
+	if followErr != nil || stopErr != nil {
+		if s.State == campaign.Running {
+			fmt.Fprintf(a.stdout, "campaign %d stays running: any worker on this database (the next demo run, too) finishes it\n", c.ID)
+		}
+		return errors.Join(followErr, stopErr)
 	}
 	if s.State != campaign.Done || s.Sent != s.Total {
 		return fmt.Errorf("demo: campaign %d ended %s with %d of %d recipients sent", c.ID, s.State, s.Sent, s.Total)
@@ -231,9 +247,9 @@ func runDemo(ctx context.Context, a *app, o demoOptions) (err error) {
 }
 
 // followCampaign prints a progress line every second until campaign id is
-// done or cancelled, ctx ends or timeout passes, and returns its last
-// status.
-func followCampaign(ctx context.Context, w io.Writer, q campaign.Querier, id int64, timeout time.Duration) (*campaign.Status, error) {
+// done or cancelled; it returns an error when ctx ends or timeout passes
+// first.
+func followCampaign(ctx context.Context, w io.Writer, q campaign.Querier, id int64, timeout time.Duration) error {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
 	tick := time.NewTicker(time.Second)
@@ -242,7 +258,7 @@ func followCampaign(ctx context.Context, w io.Writer, q campaign.Querier, id int
 	for {
 		s, err := campaign.GetStatus(ctx, q, id)
 		if err != nil {
-			return nil, fmt.Errorf("demo: %w", err)
+			return fmt.Errorf("demo: %w", err)
 		}
 		now := time.Now()
 		rate := float64(s.Sent-lastSent) / now.Sub(lastAt).Seconds()
@@ -250,13 +266,13 @@ func followCampaign(ctx context.Context, w io.Writer, q campaign.Querier, id int
 		fmt.Fprintf(w, "%s  sent %d/%d  %.0f/s  deferred %d  bounced %d\n",
 			now.Format(time.TimeOnly), s.Sent, s.Total, rate, s.Deferred, s.Bounced)
 		if s.State == campaign.Done || s.State == campaign.Cancelled {
-			return s, nil
+			return nil
 		}
 		select {
 		case <-ctx.Done():
-			return s, fmt.Errorf("demo: interrupted with campaign %d at %d of %d sent: %w", id, s.Sent, s.Total, ctx.Err())
+			return fmt.Errorf("demo: interrupted with campaign %d at %d of %d sent: %w", id, s.Sent, s.Total, ctx.Err())
 		case <-deadline.C:
-			return s, fmt.Errorf("demo: campaign %d not done after %s (%d of %d sent)", id, timeout, s.Sent, s.Total)
+			return fmt.Errorf("demo: campaign %d not done after %s (%d of %d sent)", id, timeout, s.Sent, s.Total)
 		case <-tick.C:
 		}
 	}

@@ -59,6 +59,12 @@ func Ensure(ctx context.Context, dir string, logger *slog.Logger) (url string, s
 	return defaultEnsurer(logger).ensure(ctx, dir)
 }
 
+// Private is Ensure's third way alone: it starts (or reuses) the private
+// cluster in dir, whatever DATABASE_URL says or 127.0.0.1:5432 answers.
+func Private(ctx context.Context, dir string, logger *slog.Logger) (url string, stop func() error, err error) {
+	return defaultEnsurer(logger).private(ctx, dir)
+}
+
 // ensurer is Ensure with its surroundings injectable, for tests.
 type ensurer struct {
 	logger *slog.Logger
