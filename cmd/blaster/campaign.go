@@ -23,6 +23,7 @@ func newCampaignCmd(a *app) *cobra.Command {
 		Short: "Create, start and follow campaigns",
 	}
 	cmd.AddCommand(newCampaignCreateCmd(a), newCampaignStartCmd(a), newCampaignStatusCmd(a), newCampaignListCmd(a))
+	cmd.AddCommand(newLifecycleCmds(a)...)
 	return cmd
 }
 

@@ -1,0 +1,147 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/worker"
+)
+
+// newLifecycleCmds are `campaign pause|resume|cancel|retry`.
+func newLifecycleCmds(a *app) []*cobra.Command {
+	return []*cobra.Command{newCampaignPauseCmd(a), newCampaignResumeCmd(a), newCampaignCancelCmd(a), newCampaignRetryCmd(a)}
+}
+
+func newCampaignPauseCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "pause ID",
+		Short: "Stop a running campaign from starting new SMTP transactions",
+		Long: `Pause a running campaign. Workers start no new transaction of it (they look
+again every second); transactions already in flight finish and are recorded.
+'campaign resume' goes on exactly where it stopped.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			pool, err := a.db(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if err := campaign.Pause(cmd.Context(), pool, id); err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "paused campaign %d\n", id)
+			return nil
+		},
+	}
+}
+
+func newCampaignResumeCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "resume ID",
+		Short: "Let a paused campaign go on where it stopped",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			pool, err := a.db(ctx)
+			if err != nil {
+				return err
+			}
+			if err := campaign.Resume(ctx, pool, id); err != nil {
+				return err
+			}
+			c, err := campaign.Get(ctx, pool, id)
+			if err != nil {
+				return err
+			}
+			if c.State == campaign.Done {
+				fmt.Fprintf(a.stdout, "campaign %d had nothing left to send: done\n", id)
+				return nil
+			}
+			fmt.Fprintf(a.stdout, "resumed campaign %d\n", id)
+			return nil
+		},
+	}
+}
+
+func newCampaignCancelCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "cancel ID",
+		Short: "Stop a campaign for good; recipients not yet attempted become cancelled",
+		Long: `Cancel a draft, running or paused campaign. Every recipient still queued or
+waiting for a retry is marked cancelled and will not be sent; transactions in
+flight finish and are recorded. A cancelled campaign cannot be resumed.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			pool, err := a.db(cmd.Context())
+			if err != nil {
+				return err
+			}
+			res, err := campaign.Cancel(cmd.Context(), pool, id)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "cancelled campaign %d: %d recipients not sent\n", id, res.Cancelled)
+			return nil
+		},
+	}
+}
+
+func newCampaignRetryCmd(a *app) *cobra.Command {
+	var states string
+	cmd := &cobra.Command{
+		Use:   "retry ID [--state deferred,expired,unknown,bounced]",
+		Short: "Send again to the recipients in the chosen delivery states, and only to them",
+		Long: `Retry puts the campaign's recipients in the chosen delivery states back in the
+queue and enqueues their batches; a done campaign runs again. Recipients already
+sent are not touched. Recipients suppressed since (a hard bounce, an
+unsubscribe) are skipped.
+
+States: deferred, expired, unknown (the outcome was lost after the message
+went out: retrying may deliver it twice) and bounced. Default:
+deferred,expired,unknown.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id, err := parseID(args[0])
+			if err != nil {
+				return err
+			}
+			st, err := campaign.ParseStates(states)
+			if err != nil {
+				return fmt.Errorf("--state: %w", err)
+			}
+			ctx := cmd.Context()
+			pool, err := a.db(ctx)
+			if err != nil {
+				return err
+			}
+			rc, err := worker.InsertClient(pool)
+			if err != nil {
+				return err
+			}
+			res, err := campaign.Retry(ctx, pool, rc, id, st)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(a.stdout, "campaign %d: %d recipients (%s) queued again in %d batches, %d skipped as suppressed\n",
+				id, res.Recipients, strings.Join(st, ","), res.Batches, res.Skipped)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&states, "state", strings.Join(campaign.DefaultRetryStates, ","),
+		"delivery states to send again, comma separated: deferred, expired, unknown, bounced")
+	return cmd
+}
