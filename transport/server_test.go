@@ -8,7 +8,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
-	"errors"
 	"io"
 	"math/big"
 	"net"
@@ -37,8 +36,6 @@ type testServer struct {
 	mu       sync.Mutex
 	accepted int
 	messages []received
-	authUser string
-	tls      bool
 }
 
 type received struct {
@@ -188,11 +185,9 @@ func (discardLogger) Println(...any)        {}
 // testCA is a throw-away certificate authority and one server certificate
 // for 127.0.0.1 and a few .test names.
 type testCA struct {
-	pool    *x509.CertPool
-	caFile  string // PEM file of the CA certificate
-	server  *tls.Config
-	caCert  *x509.Certificate
-	leafDER []byte
+	pool   *x509.CertPool
+	caFile string // PEM file of the CA certificate
+	server *tls.Config
 }
 
 func newTestCA(t *testing.T, names ...string) *testCA {
@@ -244,12 +239,10 @@ func newTestCA(t *testing.T, names ...string) *testCA {
 	return &testCA{
 		pool:   pool,
 		caFile: caFile,
-		caCert: caCert,
 		server: &tls.Config{Certificates: []tls.Certificate{{
 			Certificate: [][]byte{leafDER, caDER},
 			PrivateKey:  leafKey,
 		}}},
-		leafDER: leafDER,
 	}
 }
 
@@ -289,5 +282,3 @@ func closedPort(t *testing.T) string {
 	_ = ln.Close()
 	return addr
 }
-
-var errTest = errors.New("test")
