@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +39,7 @@ type leaseCache struct {
 	leasedAt time.Time
 	suspend  time.Time // latest suspension seen for the set's scopes
 	minRate  float64   // the smallest effective rate seen, for slice size
+	buckets  []string  // the set's bucket names
 }
 
 func newPGStore(pool *pgxpool.Pool, fraction float64, ttl time.Duration, dbClock bool) *pgStore {
@@ -93,7 +95,7 @@ func (s *pgStore) cache(bs []bucket, scopes []string) *leaseCache {
 	defer s.mu.Unlock()
 	c := s.caches[k]
 	if c == nil {
-		c = &leaseCache{minRate: math.Inf(1)}
+		c = &leaseCache{minRate: math.Inf(1), buckets: slices.Clone(names[:len(bs)])}
 		for _, b := range bs {
 			c.minRate = min(c.minRate, b.rate)
 		}
@@ -146,7 +148,7 @@ func (s *pgStore) take(ctx context.Context, bs []bucket, scopes []string, n int,
 	defer c.mu.Unlock()
 
 	if c.suspend.After(now) {
-		return false, c.suspend.Sub(now), s.giveBack(ctx, c, bs, scopes, now)
+		return false, c.suspend.Sub(now), s.giveBack(ctx, c)
 	}
 	fresh := !now.After(c.leasedAt.Add(s.ttl))
 	if fresh && c.tokens >= n {
@@ -191,7 +193,7 @@ func (s *pgStore) take(ctx context.Context, bs []bucket, scopes []string, n int,
 	}
 	if susp != nil && susp.After(dbNow) {
 		c.suspend = now.Add(susp.Sub(dbNow))
-		return false, susp.Sub(dbNow), s.giveBack(ctx, c, bs, scopes, now)
+		return false, susp.Sub(dbNow), s.giveBack(ctx, c)
 	}
 	if c.tokens >= n {
 		c.tokens -= n
@@ -202,20 +204,17 @@ func (s *pgStore) take(ctx context.Context, bs []bucket, scopes []string, n int,
 		wait = time.Millisecond
 	}
 	if wait > maxWait {
-		return false, wait, s.giveBack(ctx, c, bs, scopes, now)
+		return false, wait, s.giveBack(ctx, c)
 	}
 	return false, wait, nil
 }
 
 // giveBack returns c's tokens to their buckets. c.mu is held.
-func (s *pgStore) giveBack(ctx context.Context, c *leaseCache, bs []bucket, scopes []string, now time.Time) error {
-	if c.tokens == 0 || len(bs) == 0 {
+func (s *pgStore) giveBack(ctx context.Context, c *leaseCache) error {
+	names := c.buckets
+	if c.tokens == 0 || len(names) == 0 {
 		c.tokens = 0
 		return nil
-	}
-	names := make([]string, len(bs))
-	for i, b := range bs {
-		names[i] = b.name
 	}
 	back := c.tokens
 	c.tokens = 0
@@ -231,33 +230,22 @@ func (s *pgStore) giveBack(ctx context.Context, c *leaseCache, bs []bucket, scop
 // flush gives back every cache's tokens leased longer than the TTL ago.
 func (s *pgStore) flush(ctx context.Context, now time.Time) error {
 	s.mu.Lock()
-	type entry struct {
-		key string
-		c   *leaseCache
-	}
-	var es []entry
-	for k, c := range s.caches {
-		es = append(es, entry{k, c})
+	cs := make([]*leaseCache, 0, len(s.caches))
+	for _, c := range s.caches {
+		cs = append(cs, c)
 	}
 	s.mu.Unlock()
 	var firstErr error
-	for _, e := range es {
-		if !e.c.mu.TryLock() {
+	for _, c := range cs {
+		if !c.mu.TryLock() {
 			continue // in use: its owner will refresh it
 		}
-		if e.c.tokens > 0 && now.After(e.c.leasedAt.Add(s.ttl)) {
-			names, _, _ := strings.Cut(e.key, "\x00|")
-			var bs []bucket
-			for _, n := range strings.Split(names, "\x00") {
-				if n != "" {
-					bs = append(bs, bucket{name: n})
-				}
-			}
-			if err := s.giveBack(ctx, e.c, bs, nil, now); err != nil && firstErr == nil {
+		if c.tokens > 0 && now.After(c.leasedAt.Add(s.ttl)) {
+			if err := s.giveBack(ctx, c); err != nil && firstErr == nil {
 				firstErr = err
 			}
 		}
-		e.c.mu.Unlock()
+		c.mu.Unlock()
 	}
 	return firstErr
 }

@@ -234,3 +234,103 @@ func TestDatabaseClock(t *testing.T) {
 		t.Fatalf("granted %d at 0.001/s with burst 3, want 3", granted)
 	}
 }
+
+// TestSharedConnectionCap: connections held in one process count against
+// max_connections in another once both have synced.
+func TestSharedConnectionCap(t *testing.T) {
+	clk := newDBFakeClock()
+	pools := processes(t, 2)
+	ctx := context.Background()
+	var ls []*Limiter
+	for _, p := range pools {
+		cfg := sharedConfig(p, clk)
+		cfg.Routes = map[string]Limits{relay: {MaxConns: 3}}
+		ls = append(ls, newTestLimiter(t, cfg))
+	}
+	a, b := ls[0], ls[1]
+	key := Key{Route: relay, Domain: "example.test"}
+	var releases []func()
+	for i := 0; i < 2; i++ {
+		r, w, err := a.AcquireConn(ctx, key)
+		if err != nil || w != 0 {
+			t.Fatalf("a conn %d: %v %v", i, w, err)
+		}
+		releases = append(releases, r)
+	}
+	for _, l := range ls {
+		if err := l.sync(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, w, err := b.AcquireConn(ctx, key)
+	if err != nil || w != 0 {
+		t.Fatalf("b's first connection (3rd of 3): %v %v", w, err)
+	}
+	if _, w, _ := b.AcquireConn(ctx, key); w == 0 {
+		t.Fatal("b opened a 4th connection with max_connections 3 and 2 held by a")
+	}
+	st, err := Status(ctx, pools[0], nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range st {
+		if s.Scope == "route:"+relay && s.InFlight != 2 {
+			t.Errorf("status in flight %d for the relay, want 2 (a's, published)", s.InFlight)
+		}
+	}
+	for _, r := range releases {
+		r()
+	}
+	if err := a.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r2, w, _ := b.AcquireConn(ctx, key)
+	if w != 0 {
+		t.Fatalf("after a released and synced: wait %v", w)
+	}
+	r()
+	r2()
+}
+
+// TestStartStop: a started Limiter publishes, gives back leased tokens and
+// removes its rows on Stop; Stop is idempotent.
+func TestStartStop(t *testing.T) {
+	clk := newDBFakeClock()
+	pools := processes(t, 1)
+	l := newTestLimiter(t, sharedConfig(pools[0], clk))
+	ctx := context.Background()
+	if err := l.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	key := Key{Route: relay}
+	if w, err := l.Acquire(ctx, key, 1); err != nil || w != 0 {
+		t.Fatalf("acquire: %v %v", w, err)
+	}
+	release, _, _ := l.AcquireConn(ctx, key)
+	if err := l.sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var conns int
+	pools[0].QueryRow(ctx, `SELECT coalesce(sum(n), 0) FROM throttle_conns WHERE scope = $1`, "route:"+relay).Scan(&conns)
+	if conns != 1 {
+		t.Fatalf("published %d connections, want 1", conns)
+	}
+	release()
+	var tokens float64
+	pools[0].QueryRow(ctx, `SELECT tokens FROM throttle_buckets WHERE name = $1`, "route:"+relay).Scan(&tokens)
+	t.Logf("before stop %v", tokens)
+	l.Stop()
+	l.Stop()
+	pools[0].QueryRow(ctx, `SELECT tokens FROM throttle_buckets WHERE name = $1`, "route:"+relay).Scan(&tokens)
+	// One of the slice of 20 was used; Stop gave back the other 19.
+	if tokens != 19 {
+		t.Fatalf("bucket holds %v tokens after Stop, want 19", tokens)
+	}
+	pools[0].QueryRow(ctx, `SELECT count(*) FROM throttle_conns`).Scan(&conns)
+	if conns != 0 {
+		t.Fatalf("%d connection rows left after Stop", conns)
+	}
+}
