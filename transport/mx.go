@@ -42,7 +42,12 @@ type MXOptions struct {
 	// value): encrypted when the MX offers STARTTLS, plain otherwise.
 	TLS smtp.TLSMode
 	// TLSConfig is the base TLS configuration (RootCAs...); ServerName is
-	// set to each MX host's name. Default: system roots, verified.
+	// set to each MX host's name. Default: system roots, verified, so an
+	// MX whose certificate does not verify is skipped like one that cannot
+	// be reached. Many MX hosts on the Internet present self-signed or
+	// mismatched certificates; an operator who wants Postfix's
+	// "smtp_tls_security_level = may" (RFC 7435 opportunistic security:
+	// encrypt, do not authenticate) sets InsecureSkipVerify here, knowingly.
 	TLSConfig *tls.Config
 	// Timeouts are the SMTP command timeouts; zero fields take the
 	// client's RFC 5321 §4.5.3.2 defaults.
