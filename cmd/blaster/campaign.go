@@ -154,6 +154,7 @@ the second time.`,
 
 func newCampaignStatusCmd(a *app) *cobra.Command {
 	var asJSON bool
+	var watch watchOpts
 	cmd := &cobra.Command{
 		Use:   "status ID",
 		Short: "Show a campaign's state and a count per delivery state",
@@ -167,6 +168,9 @@ func newCampaignStatusCmd(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if watch.enabled {
+				return watch.run(cmd.Context(), a, pool, id, asJSON)
+			}
 			s, err := campaign.GetStatus(cmd.Context(), pool, id)
 			if err != nil {
 				return err
@@ -179,6 +183,7 @@ func newCampaignStatusCmd(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	watch.addFlags(cmd)
 	return cmd
 }
 
