@@ -26,7 +26,7 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	key := throttle.Key{Route: "smtp://relay.example.test:587", Domain: "gmail.com", Campaign: 1}
+	key := throttle.Key{Route: "mx:gmail-smtp-in.l.google.com", Domain: "gmail.com", Campaign: 1}
 	fmt.Println("max recipients per transaction:", l.Limits(key).MaxRcpts)
 
 	reply := &smtp.Error{Reply: smtp.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 28},

@@ -217,9 +217,10 @@ func (l *Limiter) Observe(key Key, err error) {
 	log.Warn("throttle: backing off")
 }
 
-// adaptScope is the scope a rule acts on: the destination, or the route.
+// adaptScope is the scope a rule acts on: the destination, the route, or
+// for "auto" the route when it is a relay and the destination otherwise.
 func (l *Limiter) adaptScope(ctx context.Context, key Key, which string) (scopeRef, bool) {
-	if which == "route" && key.Route != "" {
+	if key.Route != "" && (which == "route" || which == "auto" && isRelay(key.Route)) {
 		return l.routeScope(key.Route), true
 	}
 	if key.Domain != "" {
@@ -229,6 +230,12 @@ func (l *Limiter) adaptScope(ctx context.Context, key Key, which string) (scopeR
 		return l.routeScope(key.Route), true
 	}
 	return scopeRef{}, false
+}
+
+// isRelay tells a relay route from direct delivery ("mx:HOST") and the
+// pickup directory ("pickup:DIR").
+func isRelay(route string) bool {
+	return !strings.HasPrefix(route, "mx:") && !strings.HasPrefix(route, "pickup:")
 }
 
 // maybeRecover lets the key's slowed scopes take a recovery step, asking
@@ -258,7 +265,7 @@ func (l *Limiter) maybeRecover(ctx context.Context, key Key, now time.Time) {
 
 // adaptScopeLocked is adaptScope from the cache only; l.mu is held.
 func (l *Limiter) adaptScopeLocked(key Key, which string) (scopeRef, bool) {
-	if which == "route" && key.Route != "" {
+	if key.Route != "" && (which == "route" || which == "auto" && isRelay(key.Route)) {
 		return l.routeScope(key.Route), true
 	}
 	if key.Domain != "" {
@@ -266,6 +273,9 @@ func (l *Limiter) adaptScopeLocked(key Key, which string) (scopeRef, bool) {
 			return e.ref, true
 		}
 		return l.staticDomainScope(key.Domain), true
+	}
+	if key.Route != "" {
+		return l.routeScope(key.Route), true
 	}
 	return scopeRef{}, false
 }

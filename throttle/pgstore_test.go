@@ -101,16 +101,21 @@ func TestSharedRateThreeProcesses(t *testing.T) {
 }
 
 // TestSharedSuspension: a suspension one process decides stops another
-// within LeaseTTL, even one holding leased tokens.
+// within LeaseTTL, even one holding leased tokens; it shows in Status and
+// recovers step by step for all.
 func TestSharedSuspension(t *testing.T) {
 	clk := newDBFakeClock()
 	pools := processes(t, 2)
 	a := newTestLimiter(t, sharedConfig(pools[0], clk))
 	b := newTestLimiter(t, sharedConfig(pools[1], clk))
 	ctx := context.Background()
-	key := Key{Route: relay, Domain: "example.test", Campaign: 1}
+	// Direct delivery: a reply speaks for the destination.
+	key := Key{Route: "mx:mx.example.test", Domain: "example.test", Campaign: 1}
 	if w, err := b.Acquire(ctx, key, 1); err != nil || w != 0 {
 		t.Fatalf("b before: %v %v", w, err)
+	}
+	if w, err := b.Acquire(ctx, Key{Route: relay, Domain: "example.test", Campaign: 1}, 1); err != nil || w != 0 {
+		t.Fatalf("b through the relay: %v %v", w, err)
 	}
 	a.Observe(key, &smtp.Error{Reply: smtp.Reply{Code: 451, Enhanced: smtp.EnhancedCode{4, 7, 1}, Text: "rate limited, try again in 5 minutes"}})
 	if w, _ := a.Acquire(ctx, key, 1); w != 5*time.Minute {
@@ -129,8 +134,8 @@ func TestSharedSuspension(t *testing.T) {
 	if w, _ := c.Acquire(ctx, key, 1); w == 0 {
 		t.Fatal("new process not suspended")
 	}
-	// Another destination through the same relay goes on.
-	if w, _ := b.Acquire(ctx, Key{Route: relay, Domain: "other.example.test"}, 1); w != 0 {
+	// Another destination goes on.
+	if w, _ := b.Acquire(ctx, Key{Route: "mx:mx.example.test", Domain: "other.example.test"}, 1); w != 0 {
 		t.Fatalf("other destination: wait %v", w)
 	}
 
@@ -332,5 +337,21 @@ func TestStartStop(t *testing.T) {
 	pools[0].QueryRow(ctx, `SELECT count(*) FROM throttle_conns`).Scan(&conns)
 	if conns != 0 {
 		t.Fatalf("%d connection rows left after Stop", conns)
+	}
+}
+
+// TestRelayReplySuspendsTheRelay: through a relay, a 421 speaks for the
+// relay (scope auto): every destination behind it waits.
+func TestRelayReplySuspendsTheRelay(t *testing.T) {
+	clk := newDBFakeClock()
+	pools := processes(t, 1)
+	l := newTestLimiter(t, sharedConfig(pools[0], clk))
+	ctx := context.Background()
+	l.Observe(Key{Route: relay, Domain: "example.test"}, &smtp.Error{Reply: smtp.Reply{Code: 421, Text: "too busy"}})
+	if w, _ := l.Acquire(ctx, Key{Route: relay, Domain: "other.example.test"}, 1); w != time.Minute {
+		t.Fatalf("another destination through the suspended relay: wait %v, want 1m", w)
+	}
+	if w, _ := l.Acquire(ctx, Key{Route: "mx:mx.example.test", Domain: "example.test"}, 1); w != 0 {
+		t.Fatalf("the destination by another route: wait %v, want 0", w)
 	}
 }

@@ -63,7 +63,10 @@ type Rule struct {
 	// "slow".
 	Rate float64 `toml:"rate"`
 	// Scope is the scope the action applies to: "domain" (the destination
-	// domain or its group; default) or "route" (the relay or MX host).
+	// domain or its group), "route" (the relay or MX host), or "auto"
+	// (default): the route when it is a relay, whose replies speak for
+	// itself, and the destination when delivering to its MX hosts
+	// (route "mx:HOST").
 	Scope string `toml:"scope"`
 
 	re       *regexp.Regexp
@@ -79,10 +82,10 @@ func (r *Rule) compile() error {
 	}
 	switch r.Scope {
 	case "":
-		r.Scope = "domain"
-	case "domain", "route":
+		r.Scope = "auto"
+	case "auto", "domain", "route":
 	default:
-		return fmt.Errorf("scope %q: want domain or route", r.Scope)
+		return fmt.Errorf("scope %q: want auto, domain or route", r.Scope)
 	}
 	for _, c := range r.Codes {
 		if c < 200 || c > 599 {
@@ -177,7 +180,7 @@ type Decision struct {
 	For time.Duration
 	// Factor and Rate are the slow-down, for Slow.
 	Factor, Rate float64
-	// Scope is "domain" or "route".
+	// Scope is "auto", "domain" or "route" (see Rule.Scope).
 	Scope string
 	// Reason is the reply or error that caused it, for operators.
 	Reason string
@@ -218,7 +221,7 @@ func decide(rules []Rule, maxSuspend time.Duration, err error) Decision {
 			return d
 		}
 		if hasHint && rep.Code/100 == 4 {
-			return Decision{Action: Suspend, Rule: "retry-hint", For: min(hint, maxSuspend), Scope: "domain", Reason: rep.String()}
+			return Decision{Action: Suspend, Rule: "retry-hint", For: min(hint, maxSuspend), Scope: "auto", Reason: rep.String()}
 		}
 		return Decision{}
 	}

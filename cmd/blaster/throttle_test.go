@@ -54,7 +54,9 @@ max_connections = 3
 	if w, err := l.Acquire(ctx, key, 1); err != nil || w != 0 {
 		t.Fatalf("acquire: %v %v", w, err)
 	}
-	l.Observe(key, &smtp.Error{Reply: smtp.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 28}, Text: "unusual rate"}, Command: "MAIL"})
+	// Delivering to the domain's MX hosts, a reply speaks for the domain.
+	mxKey := throttle.Key{Route: "mx:mx.example.test", Domain: "example.test", Campaign: 3}
+	l.Observe(mxKey, &smtp.Error{Reply: smtp.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 28}, Text: "unusual rate"}, Command: "MAIL"})
 
 	var out, errOut bytes.Buffer
 	if err := run(ctx, []string{"--database-url", url, "throttle", "status", "--config", conf}, nil, &out, &errOut); err != nil {
