@@ -128,7 +128,7 @@ func runDemo(ctx context.Context, a *app, o demoOptions) (err error) {
 	if err != nil {
 		return err
 	}
-	sinkSummary, sinkStopped := "", false
+	sinkSummary, sinkStopped, summaryShown := "", false, false
 	stopSink := func() error {
 		if sinkStopped {
 			return nil
@@ -136,12 +136,18 @@ func runDemo(ctx context.Context, a *app, o demoOptions) (err error) {
 		sinkStopped = true
 		var err error
 		sinkSummary, err = sink.stop()
-		if sinkSummary != "" {
-			fmt.Fprintln(a.stdout, sinkSummary)
-		}
 		return err
 	}
-	defer func() { err = errors.Join(err, stopSink()) }()
+	showSinkSummary := func() {
+		if sinkSummary != "" && !summaryShown {
+			fmt.Fprintln(a.stdout, sinkSummary)
+			summaryShown = true
+		}
+	}
+	defer func() {
+		err = errors.Join(err, stopSink())
+		showSinkSummary()
+	}()
 	fmt.Fprintf(a.stdout, "sink listening on %s\n", sink.addr)
 
 	// 3. Sample contacts, imported (again: a rerun changes nothing).
@@ -230,6 +236,7 @@ func runDemo(ctx context.Context, a *app, o demoOptions) (err error) {
 			fmt.Fprintf(a.stdout, "%-12s%.0f messages/s\n", "rate", float64(s.Sent)/d.Seconds())
 		}
 	}
+	showSinkSummary()
 	if followErr != nil || stopErr != nil {
 		if s.State == campaign.Running {
 			fmt.Fprintf(a.stdout, "campaign %d stays running: any worker on this database (the next demo run, too) finishes it\n", c.ID)

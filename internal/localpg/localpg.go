@@ -23,6 +23,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -80,6 +81,9 @@ type ensurer struct {
 	euid int
 	// install installs PostgreSQL's binaries (root only).
 	install func(ctx context.Context) error
+	// fallbackBase holds the private cluster, as root, when the postgres
+	// OS user cannot reach the directory asked for: /var/tmp.
+	fallbackBase string
 }
 
 func defaultEnsurer(logger *slog.Logger) *ensurer {
@@ -94,6 +98,8 @@ func defaultEnsurer(logger *slog.Logger) *ensurer {
 		binDirs:    installedBinDirs,
 		euid:       os.Geteuid(),
 		install:    aptInstall,
+
+		fallbackBase: "/var/tmp",
 	}
 }
 
@@ -167,12 +173,13 @@ func (e *ensurer) private(ctx context.Context, dir string) (string, func() error
 	if strings.ContainsAny(dir, "'\n") {
 		return "", nil, fmt.Errorf("private PostgreSQL directory %q: a quote or newline in the path is not supported", dir)
 	}
-	data := filepath.Join(dir, "data")
-	bin, err := e.findBinaries(ctx, data)
+	run, err := e.runner(dir)
 	if err != nil {
 		return "", nil, err
 	}
-	run, err := e.runner(dir)
+	dir = run.dir // perhaps moved where the postgres OS user can reach it
+	data := filepath.Join(dir, "data")
+	bin, err := e.findBinaries(ctx, data)
 	if err != nil {
 		return "", nil, err
 	}
@@ -351,11 +358,35 @@ func (e *ensurer) runner(dir string) (*runner, error) {
 	if err := r.chown(dir); err != nil {
 		return nil, err
 	}
-	if err := r.cmd(context.Background(), "test", "-w", dir, "-a", "-x", dir); err != nil {
-		return nil, fmt.Errorf("OS user %s cannot write to %s: make its parent directories searchable (chmod o+x) or choose another directory: %w",
-			r.asUser, dir, err)
+	if r.reaches(dir) {
+		return r, nil
 	}
+	// A checkout under /root (mode 0700) is the usual case: the server
+	// cannot live there, so it lives in a directory of its own named after
+	// dir, found again by the next run.
+	sum := sha256.Sum256([]byte(dir))
+	alt := filepath.Join(e.fallbackBase, "blaster-demo-pg-"+hex.EncodeToString(sum[:4]))
+	e.logger.Info("the PostgreSQL OS user cannot reach the demo directory: keeping the cluster elsewhere",
+		"user", r.asUser, "dir", dir, "cluster_dir", alt)
+	if err := os.MkdirAll(alt, 0o700); err != nil {
+		return nil, fmt.Errorf("creating %s: %w", alt, err)
+	}
+	if err := r.chown(alt); err != nil {
+		return nil, err
+	}
+	if !r.reaches(alt) {
+		return nil, fmt.Errorf("OS user %s can reach neither %s nor %s: make a parent directory searchable (chmod o+x) or set DATABASE_URL",
+			r.asUser, dir, alt)
+	}
+	r.dir = alt
 	return r, nil
+}
+
+// reaches reports whether the runner's user can enter and write to dir.
+func (r *runner) reaches(dir string) bool {
+	c := exec.Command("runuser", "-u", r.asUser, "--", "test", "-w", dir, "-a", "-x", dir)
+	c.Dir = "/"
+	return c.Run() == nil
 }
 
 // chown gives path and everything under it to the runner's user.

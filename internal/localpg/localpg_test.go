@@ -268,3 +268,54 @@ func TestEnsurePrivateCluster(t *testing.T) {
 	}
 	stopped = true
 }
+
+// TestEnsurePrivateClusterUnreachableDir is the demo run as root from a
+// checkout under /root (mode 0700): the postgres OS user cannot enter the
+// directory, so the cluster lives in the fallback base, and a second run
+// finds it there again.
+func TestEnsurePrivateClusterUnreachableDir(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("only root hands the cluster to another OS user")
+	}
+	if len(installedBinDirs()) == 0 {
+		t.Skip("no PostgreSQL binaries installed")
+	}
+	if testing.Short() {
+		t.Skip("initdb is slow: skipped in -short mode")
+	}
+	home := t.TempDir() // mode 0700, owned by root: like /root
+	fallback, err := os.MkdirTemp("", "localpg-fallback")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(fallback, 0o755)
+	t.Cleanup(func() { os.RemoveAll(fallback) })
+
+	e := defaultEnsurer(quiet())
+	e.getenv = func(string) string { return "" }
+	e.sharedAddr = closedAddr(t)
+	e.fallbackBase = fallback
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+
+	for run := 1; run <= 2; run++ {
+		u, stop, err := e.ensure(ctx, filepath.Join(home, "checkout", ".demo", "pg"))
+		if err != nil {
+			t.Fatalf("run %d: %v", run, err)
+		}
+		conn, err := pgx.Connect(ctx, u)
+		if err == nil {
+			conn.Close(ctx)
+		}
+		if serr := stop(); serr != nil {
+			t.Errorf("run %d: stopping: %v", run, serr)
+		}
+		if err != nil {
+			t.Fatalf("run %d: connecting: %v", run, err)
+		}
+		clusters, _ := filepath.Glob(filepath.Join(fallback, "blaster-demo-pg-*", "data", "PG_VERSION"))
+		if len(clusters) != 1 {
+			t.Fatalf("run %d: clusters in the fallback base: %v, want one", run, clusters)
+		}
+	}
+}
