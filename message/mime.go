@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/base32"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"mime"
@@ -63,7 +64,11 @@ func (t *Template) header(to string, v *view) (mail.Header, error) {
 	if err := setTo(&h, to); err != nil {
 		return h, err
 	}
-	h.SetSubject(subject) // RFC 2047 Q-encoded when not plain ASCII
+	if longestWord(subject) > maxWord {
+		h.Set("Subject", bEncodeWords(subject))
+	} else {
+		h.SetSubject(subject) // RFC 2047 Q-encoded when not plain ASCII
+	}
 	h.SetDate(t.opts.now())
 	h.Set("Message-Id", newMessageID(t.domain))
 	h.Set("MIME-Version", "1.0")
@@ -71,6 +76,48 @@ func (t *Template) header(to string, v *view) (mail.Header, error) {
 		return h, err
 	}
 	return h, nil
+}
+
+// maxWord is the longest run of non-blank characters a header value may
+// have before it is written as encoded words: go-message folds only at
+// blanks, and past the 998-octet line limit (RFC 5322 §2.1.1) it would
+// have to insert a blank into the value.
+const maxWord = 900
+
+// longestWord returns the length in bytes of s's longest blank-free run.
+func longestWord(s string) int {
+	longest, run := 0, 0
+	for i := 0; i < len(s); i++ {
+		if s[i] == ' ' || s[i] == '\t' {
+			run = 0
+			continue
+		}
+		run++
+		longest = max(longest, run)
+	}
+	return longest
+}
+
+// bEncodeWords writes s as RFC 2047 "B" encoded words of at most 45 bytes
+// of UTF-8 each (75 characters encoded, RFC 2047 §2), split at rune
+// boundaries and separated by blanks, which decoders drop between encoded
+// words (RFC 2047 §6.2); so any value folds without change.
+func bEncodeWords(s string) string {
+	var b strings.Builder
+	for len(s) > 0 {
+		n := min(len(s), 45)
+		for n < len(s) && n > 0 && !utf8.RuneStart(s[n]) {
+			n--
+		}
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString("=?utf-8?b?")
+		b.WriteString(base64.StdEncoding.EncodeToString([]byte(s[:n])))
+		b.WriteString("?=")
+		s = s[n:]
+	}
+	return b.String()
 }
 
 // recipient names the recipient in an error.
@@ -97,6 +144,9 @@ func setTo(h *mail.Header, to string) error {
 	a, err := mail.ParseAddress(to)
 	if err != nil {
 		return &HeaderError{Field: "To", Value: to, Reason: err.Error()}
+	}
+	if len(a.Address) > 254 { // RFC 5321 §4.5.3.1.3: a path is at most 256 octets with "<>"
+		return &HeaderError{Field: "To", Value: to, Reason: fmt.Sprintf("address is %d octets, more than 254", len(a.Address))}
 	}
 	h.SetAddressList("To", []*mail.Address{a})
 	return nil
