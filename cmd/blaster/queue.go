@@ -386,7 +386,24 @@ func newQueueListCmd(a *app) *cobra.Command {
 	fl.StringVar(&f.queue, "queue", "", "only this queue (alert or newsletter)")
 	fl.Int64Var(&campaignID, "campaign", 0, "only the jobs of this campaign")
 	fl.IntVar(&limit, "limit", 100, "at most this many jobs")
+	completeJobFlags(cmd)
 	return cmd
+}
+
+// completeJobFlags offers River's job states and blaster's queues to shell
+// completion for --state and --queue.
+func completeJobFlags(cmd *cobra.Command) {
+	cmd.RegisterFlagCompletionFunc("state", func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		names := make([]string, 0, 8)
+		for _, st := range rivertype.JobStates() {
+			names = append(names, string(st))
+		}
+		return names, cobra.ShellCompDirectiveNoFileComp
+	})
+	if cmd.Flags().Lookup("queue") != nil {
+		cmd.RegisterFlagCompletionFunc("queue", cobra.FixedCompletions(
+			[]string{campaign.QueueAlert, campaign.QueueNewsletter}, cobra.ShellCompDirectiveNoFileComp))
+	}
 }
 
 // oneLine shortens s to one line of at most n runes, for tables.
@@ -557,6 +574,7 @@ has an outcome for, so retrying a completed batch sends nothing twice.`,
 	}
 	cmd.Flags().Int64Var(&campaignID, "campaign", 0, "retry this campaign's jobs (with --state)")
 	cmd.Flags().StringVar(&state, "state", "", "with --campaign: the state of the jobs to retry")
+	completeJobFlags(cmd)
 	return cmd
 }
 
@@ -610,6 +628,7 @@ queued until their jobs are retried.`,
 	}
 	cmd.Flags().Int64Var(&campaignID, "campaign", 0, "cancel this campaign's unfinished jobs")
 	cmd.Flags().StringVar(&state, "state", "", "with --campaign: only jobs in this state")
+	completeJobFlags(cmd)
 	return cmd
 }
 

@@ -257,6 +257,36 @@ func TestQueueCommands(t *testing.T) {
 	cliFails(t, url, `job id "x": must be a positive number`, "queue", "show", "x")
 }
 
+func TestParseJobArgs(t *testing.T) {
+	states := []struct {
+		in, want, err string
+	}{
+		{"available", "available", ""},
+		{" Retryable ", "retryable", ""},
+		{"discarded", "discarded", ""},
+		{"", "", "must be one of"},
+		{"done", "", `--state "done": must be one of available, cancelled`},
+	}
+	for _, tt := range states {
+		got, err := parseJobState(tt.in)
+		if string(got) != tt.want || (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
+			t.Errorf("parseJobState(%q) = %q, %v; want %q, %q", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+	ids := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{{"1", 1, true}, {"9223372036854775807", 9223372036854775807, true}, {"0", 0, false}, {"-3", 0, false},
+		{"1e3", 0, false}, {"", 0, false}, {"9223372036854775808", 0, false}}
+	for _, tt := range ids {
+		got, err := parseJobID(tt.in)
+		if got != tt.want || (err == nil) != tt.ok {
+			t.Errorf("parseJobID(%q) = %d, %v; want %d, ok %v", tt.in, got, err, tt.want, tt.ok)
+		}
+	}
+}
+
 func TestCompletion(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	if err := run(context.Background(), []string{"completion", "bash"}, strings.NewReader(""), &stdout, &stderr); err != nil {
@@ -264,5 +294,22 @@ func TestCompletion(t *testing.T) {
 	}
 	if !strings.Contains(stdout.String(), "__start_blaster") {
 		t.Errorf("completion bash output lacks __start_blaster:\n%.300s", stdout.String())
+	}
+	// What the generated script asks for on <TAB>: the --state values.
+	stdout.Reset()
+	if err := run(context.Background(), []string{"__complete", "queue", "list", "--state", ""}, strings.NewReader(""), &stdout, &stderr); err != nil {
+		t.Fatalf("__complete: %v\n%s", err, stderr.String())
+	}
+	for _, want := range []string{"available\n", "retryable\n", "discarded\n"} {
+		if !strings.Contains(stdout.String(), want) {
+			t.Errorf("completing --state lacks %q:\n%s", want, stdout.String())
+		}
+	}
+	stdout.Reset()
+	if err := run(context.Background(), []string{"__complete", "queue", "pause", ""}, strings.NewReader(""), &stdout, &stderr); err != nil {
+		t.Fatalf("__complete: %v\n%s", err, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "newsletter\n") || !strings.Contains(stdout.String(), "alert\n") {
+		t.Errorf("completing queue pause lacks the queues:\n%s", stdout.String())
 	}
 }
