@@ -173,16 +173,18 @@ func (e *ensurer) private(ctx context.Context, dir string) (string, func() error
 	if strings.ContainsAny(dir, "'\n") {
 		return "", nil, fmt.Errorf("private PostgreSQL directory %q: a quote or newline in the path is not supported", dir)
 	}
+	// Installed first: the package also creates the postgres OS user.
+	bins, err := e.findBinaries(ctx)
+	if err != nil {
+		return "", nil, err
+	}
 	run, err := e.runner(dir)
 	if err != nil {
 		return "", nil, err
 	}
 	dir = run.dir // perhaps moved where the postgres OS user can reach it
 	data := filepath.Join(dir, "data")
-	bin, err := e.findBinaries(ctx, data)
-	if err != nil {
-		return "", nil, err
-	}
+	bin := pickBinDir(bins, data)
 	password, err := e.password(dir, run)
 	if err != nil {
 		return "", nil, err
@@ -250,32 +252,39 @@ func (e *ensurer) private(ctx context.Context, dir string) (string, func() error
 // Linux (unix(7)).
 const maxSocketPath = 107
 
-// findBinaries returns the directory of initdb and pg_ctl: the one of the
-// data directory's major version if there is one, else the newest
-// installed. As root with none installed, it installs them.
-func (e *ensurer) findBinaries(ctx context.Context, data string) (string, error) {
+// findBinaries returns the directories holding initdb and pg_ctl, best
+// first. As root with none installed, it installs them.
+func (e *ensurer) findBinaries(ctx context.Context) ([]string, error) {
 	dirs := e.binDirs()
-	if len(dirs) == 0 {
-		if e.euid != 0 {
-			return "", errors.New("no PostgreSQL server here: install one (apt-get install postgresql) or set DATABASE_URL")
-		}
-		e.logger.Info("PostgreSQL is not installed: installing the Debian package postgresql")
-		if err := e.install(ctx); err != nil {
-			return "", err
-		}
-		if dirs = e.binDirs(); len(dirs) == 0 {
-			return "", errors.New("installed postgresql, but found no initdb under /usr/lib/postgresql/*/bin")
-		}
+	if len(dirs) > 0 {
+		return dirs, nil
 	}
+	if e.euid != 0 {
+		return nil, errors.New("no PostgreSQL server here: install one (apt-get install postgresql) or set DATABASE_URL")
+	}
+	e.logger.Info("PostgreSQL is not installed: installing the Debian package postgresql")
+	if err := e.install(ctx); err != nil {
+		return nil, err
+	}
+	if dirs = e.binDirs(); len(dirs) == 0 {
+		return nil, errors.New("installed postgresql, but found no initdb under /usr/lib/postgresql/*/bin")
+	}
+	return dirs, nil
+}
+
+// pickBinDir returns the binaries of the data directory's major version if
+// they are among dirs (a cluster must be run by its own version), else the
+// first of dirs.
+func pickBinDir(dirs []string, data string) string {
 	if v, err := os.ReadFile(filepath.Join(data, "PG_VERSION")); err == nil {
 		want := strings.TrimSpace(string(v))
 		for _, d := range dirs {
 			if filepath.Base(filepath.Dir(d)) == want {
-				return d, nil
+				return d
 			}
 		}
 	}
-	return dirs[0], nil
+	return dirs[0]
 }
 
 // installedBinDirs returns /usr/lib/postgresql/*/bin directories holding

@@ -319,3 +319,24 @@ func TestEnsurePrivateClusterUnreachableDir(t *testing.T) {
 		}
 	}
 }
+
+func TestPickBinDir(t *testing.T) {
+	dirs := []string{"/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"}
+	for _, tc := range []struct {
+		name, pgVersion, want string
+	}{
+		{"new cluster: newest", "", "/usr/lib/postgresql/16/bin"},
+		{"cluster of 15: its own version", "15\n", "/usr/lib/postgresql/15/bin"},
+		{"cluster of 13, not installed: newest", "13\n", "/usr/lib/postgresql/16/bin"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			data := t.TempDir()
+			if tc.pgVersion != "" {
+				os.WriteFile(filepath.Join(data, "PG_VERSION"), []byte(tc.pgVersion), 0o600)
+			}
+			if got := pickBinDir(dirs, data); got != tc.want {
+				t.Errorf("pickBinDir = %s, want %s", got, tc.want)
+			}
+		})
+	}
+}
