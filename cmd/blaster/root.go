@@ -70,6 +70,7 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 		newSuppressCmd(a),
 		newDemoCmd(a),
 		newProbeCmd(a),
+		newSendCmd(a),
 		newQueueCmd(a),
 	)
 	return root
