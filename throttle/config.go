@@ -227,7 +227,9 @@ func (d *Duration) UnmarshalText(b []byte) error {
 func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
 
 // LoadConfig reads a TOML configuration file; path "" loads the shipped
-// default.toml. Keys the file leaves out keep their defaults.
+// default.toml. A file replaces default.toml as a whole (copy it and edit):
+// keys the file leaves out take the WithDefaults values, groups it leaves
+// out do not exist, and a file without [[rule]]s gets default.toml's.
 func LoadConfig(path string) (Config, error) {
 	b := DefaultTOML
 	name := "default.toml"

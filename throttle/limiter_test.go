@@ -381,3 +381,19 @@ rate = -1
 		t.Errorf("unlimited override: %+v", lim)
 	}
 }
+
+// BenchmarkAcquireLocal is the cost of one Acquire within budget, in
+// process.
+func BenchmarkAcquireLocal(b *testing.B) {
+	l, err := New(Config{Route: Limits{Rate: 1e9, Burst: 1e9}, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	key := Key{Route: "smtp://relay.example.test:587", Domain: "example.test", Campaign: 1}
+	ctx := context.Background()
+	for b.Loop() {
+		if _, err := l.Acquire(ctx, key, 1); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

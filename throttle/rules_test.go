@@ -49,6 +49,7 @@ func TestDecideDefaultRules(t *testing.T) {
 		{"retry hint on a rule", reply(421, smtp.EnhancedCode{}, "Too busy, try again in 5 minutes"), Suspend, "421", 5 * time.Minute},
 		{"retry hint alone", reply(450, smtp.EnhancedCode{4, 2, 0}, "mailbox busy, retry in 90 seconds"), Suspend, "retry-hint", 90 * time.Second},
 		{"hint capped", reply(421, smtp.EnhancedCode{}, "go away, retry in 30 hours"), Suspend, "421", time.Hour},
+		{"mailbox gone", reply(450, smtp.EnhancedCode{4, 2, 1}, "The user you are trying to contact is disabled; user is disabled"), Bounce, "mailbox-gone", time.Minute},
 		{"connection refused", refused, Slow, "connection", 2 * time.Minute},
 		{"timeout", fmt.Errorf("dialing mx.example.test:25: %w", os.ErrDeadlineExceeded), Slow, "connection", 2 * time.Minute},
 		{"wrapped reply", fmt.Errorf("sending: %w", reply(421, smtp.EnhancedCode{}, "bye")), Suspend, "421", time.Minute},
@@ -149,6 +150,26 @@ func FuzzDecide(f *testing.F) {
 		}
 		if code < 400 && dec.Action != "" {
 			t.Fatalf("%v: positive reply decided %s", err, dec.Action)
+		}
+	})
+}
+
+// FuzzParseConfig: an operator's file never panics the parser, and what it
+// accepts is valid.
+func FuzzParseConfig(f *testing.F) {
+	f.Add(string(DefaultTOML))
+	f.Add("alert_reserve = 0.5\n[[rule]]\naction = \"slow\"\nrate = 3\n")
+	f.Add("[domains.\"x.test\"]\nrate = -1\n[[mx_group]]\nname = \"g\"\nmx = [\"*.x\"]\n")
+	f.Fuzz(func(t *testing.T, s string) {
+		cfg, err := ParseConfig("fuzz.toml", []byte(s))
+		if err != nil {
+			return
+		}
+		if err := cfg.validate(); err != nil {
+			t.Fatalf("accepted config fails validation: %v", err)
+		}
+		if _, err := New(cfg); err != nil {
+			t.Fatalf("accepted config refused by New: %v", err)
 		}
 	})
 }
