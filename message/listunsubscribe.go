@@ -100,17 +100,17 @@ func (u *Unsubscribe) url(d *Data) (string, error) {
 	return "", nil
 }
 
-// setHeader adds List-Unsubscribe (and List-Unsubscribe-Post) to h. The
-// values are built only from checked configuration and a token of
-// [0-9A-Za-z._-], so no recipient data reaches them raw.
-func (u *Unsubscribe) setHeader(h *mail.Header, v *view) error {
+// header returns the List-Unsubscribe value ("" for none). It is built
+// only from checked configuration and a token of [0-9A-Za-z._-], so no
+// recipient data reaches it raw.
+func (u *Unsubscribe) header(v *view) (string, error) {
 	var uris []string
 	if u.Mailto != "" {
 		subject := "unsubscribe"
 		if u.OneClick {
 			tok, err := u.token(v.data)
 			if err != nil {
-				return err
+				return "", err
 			}
 			subject += "%20" + tok // RFC 6068 §2: percent-encoded space
 		}
@@ -123,12 +123,5 @@ func (u *Unsubscribe) setHeader(h *mail.Header, v *view) error {
 		}
 		uris = append(uris, "<"+link+">")
 	}
-	if len(uris) == 0 {
-		return nil
-	}
-	h.Set("List-Unsubscribe", strings.Join(uris, ", "))
-	if u.OneClick {
-		h.Set("List-Unsubscribe-Post", "List-Unsubscribe=One-Click") // RFC 8058 §3.1
-	}
-	return nil
+	return strings.Join(uris, ", "), nil
 }

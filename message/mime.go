@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"mime"
@@ -15,6 +16,7 @@ import (
 	"sync"
 	"unicode/utf8"
 
+	gomessage "github.com/emersion/go-message"
 	"github.com/emersion/go-message/mail"
 )
 
@@ -49,7 +51,11 @@ func checkHeader(field, v string) error {
 	return nil
 }
 
-// header builds the message header for one recipient.
+// header builds the message header for one recipient, fields in the
+// conventional order: From, To, Subject, Date, Message-Id, MIME-Version,
+// List-Unsubscribe, List-Unsubscribe-Post, Content-Type,
+// Content-Transfer-Encoding. (go-message
+// writes fields last-added first, so they are added in reverse.)
 func (t *Template) header(to string, v *view) (mail.Header, error) {
 	var h mail.Header
 	var b strings.Builder
@@ -60,22 +66,59 @@ func (t *Template) header(to string, v *view) (mail.Header, error) {
 	if err := checkHeader("Subject", subject); err != nil {
 		return h, fmt.Errorf("rendering subject for %s: %w", recipient(to, v), err)
 	}
-	h.SetAddressList("From", []*mail.Address{t.from})
-	if err := setTo(&h, to); err != nil {
+	toValue, err := formatTo(to)
+	if err != nil {
 		return h, err
 	}
+	listUnsub, err := t.unsub.header(v)
+	if err != nil {
+		return h, err
+	}
+
+	ctype, params := t.topType()
+	if !strings.HasPrefix(ctype, "multipart/") {
+		h.Set("Content-Transfer-Encoding", "quoted-printable")
+	}
+	h.SetContentType(ctype, params)
+	if listUnsub != "" {
+		if t.unsub.OneClick {
+			h.Set("List-Unsubscribe-Post", "List-Unsubscribe=One-Click") // RFC 8058 §3.1
+		}
+		h.Set("List-Unsubscribe", listUnsub)
+	}
+	h.Set("MIME-Version", "1.0")
+	h.Set("Message-Id", newMessageID(t.domain))
+	h.SetDate(t.opts.now())
 	if longestWord(subject) > maxWord {
 		h.Set("Subject", bEncodeWords(subject))
 	} else {
 		h.SetSubject(subject) // RFC 2047 Q-encoded when not plain ASCII
 	}
-	h.SetDate(t.opts.now())
-	h.Set("Message-Id", newMessageID(t.domain))
-	h.Set("MIME-Version", "1.0")
-	if err := t.unsub.setHeader(&h, v); err != nil {
-		return h, err
-	}
+	h.Set("To", toValue)
+	h.SetAddressList("From", []*mail.Address{t.from})
 	return h, nil
+}
+
+// topType is the message's top-level media type. A multipart type gets its
+// boundary here so that go-message keeps the field where it is.
+func (t *Template) topType() (string, map[string]string) {
+	switch {
+	case len(t.attachments) > 0:
+		return "multipart/mixed", map[string]string{"boundary": newBoundary()}
+	case t.text != nil && t.html != nil:
+		return "multipart/alternative", map[string]string{"boundary": newBoundary()}
+	}
+	return t.singleType(), map[string]string{"charset": "utf-8"}
+}
+
+// newBoundary returns a random multipart boundary (RFC 2046 §5.1.1: at
+// most 70 characters, not occurring in the content: 120 random bits make
+// that certain in practice; quoted-printable and base64 output cannot
+// contain "--" followed by it).
+func newBoundary() string {
+	var b [15]byte
+	rand.Read(b[:])
+	return "b" + hex.EncodeToString(b[:])
 }
 
 // maxWord is the longest run of non-blank characters a header value may
@@ -128,28 +171,26 @@ func recipient(to string, v *view) string {
 	return to
 }
 
-// setTo sets To to one address or an empty group ("name:;", RFC 5322
-// §3.4), whose display name must be plain atoms and spaces.
-func setTo(h *mail.Header, to string) error {
+// formatTo formats To: one address, or an empty group ("name:;", RFC
+// 5322 §3.4) whose display name must be plain atoms and spaces.
+func formatTo(to string) (string, error) {
 	if err := checkHeader("To", to); err != nil {
-		return err
+		return "", err
 	}
 	if name, ok := strings.CutSuffix(to, ":;"); ok {
 		if name == "" || strings.TrimLeft(name, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .-_") != "" {
-			return &HeaderError{Field: "To", Value: to, Reason: "a group name must be letters, digits, space, '.', '-' or '_'"}
+			return "", &HeaderError{Field: "To", Value: to, Reason: "a group name must be letters, digits, space, '.', '-' or '_'"}
 		}
-		h.Set("To", to)
-		return nil
+		return to, nil
 	}
 	a, err := mail.ParseAddress(to)
 	if err != nil {
-		return &HeaderError{Field: "To", Value: to, Reason: err.Error()}
+		return "", &HeaderError{Field: "To", Value: to, Reason: err.Error()}
 	}
 	if len(a.Address) > 254 { // RFC 5321 §4.5.3.1.3: a path is at most 256 octets with "<>"
-		return &HeaderError{Field: "To", Value: to, Reason: fmt.Sprintf("address is %d octets, more than 254", len(a.Address))}
+		return "", &HeaderError{Field: "To", Value: to, Reason: fmt.Sprintf("address is %d octets, more than 254", len(a.Address))}
 	}
-	h.SetAddressList("To", []*mail.Address{a})
-	return nil
+	return a.String(), nil
 }
 
 // writeMIME writes h and the body with go-message, streaming the templates'
@@ -185,52 +226,42 @@ func (t *Template) writeMIME(w io.Writer, h mail.Header, v *view) error {
 var bufioPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
 
 func (t *Template) writeEntity(w io.Writer, h mail.Header, v *view) error {
-	if len(t.attachments) == 0 {
-		if t.text != nil && t.html != nil {
-			iw, err := mail.CreateInlineWriter(w, h)
-			if err != nil {
-				return fmt.Errorf("writing message header: %w", err)
-			}
-			return t.writeAlternative(iw, v)
-		}
-		h.SetContentType(t.singleType(), map[string]string{"charset": "utf-8"})
-		pw, err := mail.CreateSingleInlineWriter(w, h)
-		if err != nil {
-			return fmt.Errorf("writing message header: %w", err)
-		}
-		return t.writeSingle(pw, v)
-	}
-
-	mw, err := mail.CreateWriter(w, h)
+	top, err := gomessage.CreateWriter(w, h.Header)
 	if err != nil {
 		return fmt.Errorf("writing message header: %w", err)
 	}
-	if t.text != nil && t.html != nil {
-		iw, err := mw.CreateInline()
-		if err != nil {
-			return fmt.Errorf("writing alternative part: %w", err)
-		}
-		if err := t.writeAlternative(iw, v); err != nil {
+	switch {
+	case len(t.attachments) > 0:
+		body := top
+		if t.text != nil && t.html != nil {
+			var ah gomessage.Header
+			ah.SetContentType("multipart/alternative", nil)
+			if body, err = top.CreatePart(ah); err != nil {
+				return fmt.Errorf("writing multipart/alternative part: %w", err)
+			}
+			if err := t.writeAlternative(body, v); err != nil {
+				return err
+			}
+		} else if err := t.writePart(top, v, t.html != nil); err != nil {
 			return err
 		}
-	} else {
-		var ph mail.InlineHeader
-		ph.SetContentType(t.singleType(), map[string]string{"charset": "utf-8"})
-		pw, err := mw.CreateSingleInline(ph)
-		if err != nil {
-			return fmt.Errorf("writing %s part: %w", t.singleType(), err)
+		for _, a := range t.attachments {
+			if err := a.write(top); err != nil {
+				return err
+			}
 		}
-		if err := t.writeSingle(pw, v); err != nil {
+	case t.text != nil && t.html != nil:
+		if err := t.writeAlternative(top, v); err != nil {
+			return err
+		}
+		return nil
+	default:
+		if err := t.execBody(top, v, t.html != nil); err != nil {
 			return err
 		}
 	}
-	for _, a := range t.attachments {
-		if err := a.write(mw); err != nil {
-			return err
-		}
-	}
-	if err := mw.Close(); err != nil {
-		return fmt.Errorf("closing multipart/mixed: %w", err)
+	if err := top.Close(); err != nil {
+		return fmt.Errorf("closing message: %w", err)
 	}
 	return nil
 }
@@ -242,37 +273,38 @@ func (t *Template) singleType() string {
 	return "text/plain"
 }
 
-func (t *Template) writeSingle(pw io.WriteCloser, v *view) error {
-	if err := t.execBody(pw, v, t.html != nil); err != nil {
+// writeAlternative writes the text and HTML parts into mw and closes it.
+func (t *Template) writeAlternative(mw *gomessage.Writer, v *view) error {
+	if err := t.writePart(mw, v, false); err != nil {
 		return err
 	}
-	if err := pw.Close(); err != nil {
-		return fmt.Errorf("closing body: %w", err)
+	if err := t.writePart(mw, v, true); err != nil {
+		return err
+	}
+	if err := mw.Close(); err != nil {
+		return fmt.Errorf("closing multipart/alternative: %w", err)
 	}
 	return nil
 }
 
-func (t *Template) writeAlternative(iw *mail.InlineWriter, v *view) error {
-	for _, html := range []bool{false, true} {
-		ctype := "text/plain"
-		if html {
-			ctype = "text/html"
-		}
-		var ph mail.InlineHeader
-		ph.SetContentType(ctype, map[string]string{"charset": "utf-8"})
-		pw, err := iw.CreatePart(ph)
-		if err != nil {
-			return fmt.Errorf("writing %s part: %w", ctype, err)
-		}
-		if err := t.execBody(pw, v, html); err != nil {
-			return err
-		}
-		if err := pw.Close(); err != nil {
-			return fmt.Errorf("closing %s part: %w", ctype, err)
-		}
+// writePart adds an inline quoted-printable text or HTML part to mw.
+func (t *Template) writePart(mw *gomessage.Writer, v *view, html bool) error {
+	ctype := "text/plain"
+	if html {
+		ctype = "text/html"
 	}
-	if err := iw.Close(); err != nil {
-		return fmt.Errorf("closing multipart/alternative: %w", err)
+	var ph gomessage.Header
+	ph.SetContentType(ctype, map[string]string{"charset": "utf-8"})
+	ph.Set("Content-Transfer-Encoding", "quoted-printable")
+	pw, err := mw.CreatePart(ph)
+	if err != nil {
+		return fmt.Errorf("writing %s part: %w", ctype, err)
+	}
+	if err := t.execBody(pw, v, html); err != nil {
+		return err
+	}
+	if err := pw.Close(); err != nil {
+		return fmt.Errorf("closing %s part: %w", ctype, err)
 	}
 	return nil
 }
@@ -317,7 +349,7 @@ func newAttachment(path string) (attachment, error) {
 
 // write streams the file into a base64 attachment part. The filename is
 // RFC 2231-encoded by go-message when it is not plain ASCII.
-func (a attachment) write(mw *mail.Writer) error {
+func (a attachment) write(mw *gomessage.Writer) error {
 	f, err := os.Open(a.path)
 	if err != nil {
 		return fmt.Errorf("attachment: %w", err)
@@ -326,7 +358,8 @@ func (a attachment) write(mw *mail.Writer) error {
 	var ah mail.AttachmentHeader
 	ah.SetContentType(a.mediaType, a.params)
 	ah.SetFilename(a.name)
-	pw, err := mw.CreateAttachment(ah)
+	ah.Set("Content-Transfer-Encoding", "base64")
+	pw, err := mw.CreatePart(ah.Header)
 	if err != nil {
 		return fmt.Errorf("writing attachment %s: %w", a.path, err)
 	}

@@ -452,3 +452,27 @@ func checkFuzzedRender(t *testing.T, tmpl *Template, want []string, to, name, ci
 		t.Fatalf("To reads back %v, %v", to, err)
 	}
 }
+
+func TestHeaderOrder(t *testing.T) {
+	tmpl, err := Parse(Content{From: "news@example.test", Subject: "s", Text: "{{.Name}}",
+		Unsubscribe: Unsubscribe{BaseURL: "https://news.example.test/u", OneClick: true, Key: testUnsubKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := tmpl.Render(&buf, "ann@example.test", ann()); err != nil {
+		t.Fatal(err)
+	}
+	head, _, _ := strings.Cut(buf.String(), "\r\n\r\n")
+	var names []string
+	for _, line := range strings.Split(head, "\r\n") {
+		if line[0] != ' ' && line[0] != '\t' {
+			name, _, _ := strings.Cut(line, ":")
+			names = append(names, name)
+		}
+	}
+	want := []string{"From", "To", "Subject", "Date", "Message-Id", "Mime-Version", "List-Unsubscribe", "List-Unsubscribe-Post", "Content-Type", "Content-Transfer-Encoding"}
+	if !slices.Equal(names, want) {
+		t.Errorf("header fields in order %q, want %q", names, want)
+	}
+}
