@@ -261,7 +261,8 @@ func formatFrame(s *watchSnapshot, width int) string {
 	barWidth := max(10, min(60, width-len(tail)-2))
 	filled := 0
 	if s.Total > 0 {
-		filled = barWidth * s.Finished / s.Total
+		// Clamped: counts read at different instants may not add up.
+		filled = max(0, min(barWidth, int(int64(barWidth)*int64(s.Finished)/int64(s.Total))))
 	}
 	fmt.Fprintf(&b, "[%s%s]%s\n", strings.Repeat("#", filled), strings.Repeat(".", barWidth-filled), tail)
 	fmt.Fprintln(&b, stateCounts(s.Status))

@@ -249,3 +249,25 @@ func TestWatchTerminalFrames(t *testing.T) {
 		t.Errorf("bar line wider than the terminal:\n%s", frame2)
 	}
 }
+
+// FuzzFormatFrame feeds the terminal display counts that do not add up and
+// any terminal width: it must never panic and keeps to its three lines.
+func FuzzFormatFrame(f *testing.F) {
+	f.Add(100, 50, 10, 80, 12.5)
+	f.Add(0, 0, 0, 0, 0.0)
+	f.Add(10, 20, -5, 5, -1.0)
+	f.Add(math.MaxInt32, math.MaxInt32, 1, 1000, math.Inf(1))
+	f.Fuzz(func(t *testing.T, total, finished, pending, width int, rate float64) {
+		st := &campaign.Status{ID: 1, State: campaign.Running, Total: total, Queued: pending}
+		snap := &watchSnapshot{Status: st, Finished: finished, RatePerSecond: rate}
+		if rate > 0 {
+			eta := float64(pending) / rate
+			snap.ETASeconds = &eta
+		}
+		frame := formatFrame(snap, width)
+		if n := strings.Count(frame, "\n"); n != 3 {
+			t.Errorf("frame has %d lines, want 3 without top lists:\n%s", n, frame)
+		}
+		formatLine(snap)
+	})
+}
