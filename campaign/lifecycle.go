@@ -150,6 +150,10 @@ func ParseStates(s string) ([]string, error) {
 // batch. The worker claims only queued and due deferred rows, so no
 // recipient already sent is sent again. Recipients suppressed since are
 // left as they are and counted in Skipped.
+//
+// Retried recipients keep their attempt count, and the campaign's maximum
+// age still counts from its start: an expired recipient retried gets one
+// more attempt, and expires again if that attempt is deferred.
 func Retry(ctx context.Context, pool Pool, rc *river.Client[pgx.Tx], id int64, states []string) (*RetryResult, error) {
 	if len(states) == 0 {
 		states = DefaultRetryStates

@@ -505,6 +505,7 @@ func TestTransitions(t *testing.T) {
 		{"cancel", campaign.Cancelled, false},
 		{"retry", campaign.Draft, false},
 		{"retry", campaign.Running, true},
+		{"retry", campaign.Paused, true},
 		{"retry", campaign.Done, true},
 		{"retry", campaign.Cancelled, false},
 	}
