@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -930,8 +931,13 @@ func (c *Client) cmdMasked(name string, timeout time.Duration, line string, secr
 
 // reply reads one reply for step name. want 0 accepts any code.
 func (c *Client) reply(name string, timeout time.Duration, want int) (*Reply, error) {
-	if err := c.setDeadline(timeout); err != nil {
-		return nil, c.fail(name, err)
+	// A reply already whole in the buffer needs no read, so no deadline:
+	// pipelined replies usually arrive together, and a deadline costs a
+	// timer update.
+	if buffered, _ := c.br.Peek(c.br.Buffered()); bytes.IndexByte(buffered, '\n') < 0 {
+		if err := c.setDeadline(timeout); err != nil {
+			return nil, c.fail(name, err)
+		}
 	}
 	r, err := readReply(c.br, c.traceFunc())
 	if err != nil {

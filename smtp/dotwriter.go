@@ -71,10 +71,7 @@ func (d *dotWriter) Write(p []byte) (int, error) {
 			p, n = p[1:], n+1
 			continue
 		}
-		end := bytes.IndexAny(p, "\r\n")
-		if end < 0 {
-			end = len(p)
-		}
+		end := lineEnd(p)
 		run := p[:end]
 		if d.line+len(run) > maxLineOctets {
 			return n, ErrLineTooLong
@@ -107,4 +104,17 @@ func (d *dotWriter) close() error {
 	}
 	_, err := d.w.WriteString(".\r\n")
 	return err
+}
+
+// lineEnd returns the index of the first CR or LF in p, or len(p): two
+// IndexByte scans (vectorized) beat one IndexAny.
+func lineEnd(p []byte) int {
+	end := bytes.IndexByte(p, '\n')
+	if end < 0 {
+		end = len(p)
+	}
+	if cr := bytes.IndexByte(p[:end], '\r'); cr >= 0 {
+		end = cr
+	}
+	return end
 }

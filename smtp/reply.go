@@ -179,27 +179,39 @@ func newReply(code int, lines []string) *Reply {
 }
 
 // cutEnhancedCode parses "5.1.1 rest" (RFC 3463 §2: class "2"/"4"/"5",
-// subject and detail of 1 to 3 digits).
+// subject and detail of 1 to 3 digits). It runs for every reply, so it
+// scans by hand rather than split and convert.
 func cutEnhancedCode(s string) (EnhancedCode, string, bool) {
-	head, rest, _ := strings.Cut(s, " ")
-	parts := strings.Split(head, ".")
-	if len(parts) != 3 {
-		return EnhancedCode{}, "", false
-	}
 	var ec EnhancedCode
-	for i, p := range parts {
-		if len(p) == 0 || len(p) > 3 || (i == 0 && len(p) != 1) {
+	i := 0
+	for part := 0; part < 3; part++ {
+		start := i
+		n := 0
+		for i < len(s) && s[i] >= '0' && s[i] <= '9' && i-start < 3 {
+			n = n*10 + int(s[i]-'0')
+			i++
+		}
+		digits := i - start
+		if digits == 0 || (part == 0 && digits != 1) {
 			return EnhancedCode{}, "", false
 		}
-		for _, ch := range p {
-			if ch < '0' || ch > '9' {
+		ec[part] = n
+		if part < 2 {
+			if i >= len(s) || s[i] != '.' {
 				return EnhancedCode{}, "", false
 			}
+			i++
 		}
-		ec[i], _ = strconv.Atoi(p)
+	}
+	switch {
+	case i == len(s):
+	case s[i] == ' ':
+		i++
+	default:
+		return EnhancedCode{}, "", false
 	}
 	if ec[0] != 2 && ec[0] != 4 && ec[0] != 5 {
 		return EnhancedCode{}, "", false
 	}
-	return ec, rest, true
+	return ec, s[i:], true
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -195,12 +196,57 @@ func TestSinkFaults(t *testing.T) {
 	}
 }
 
+// benchBody is a 10 KB message body: 128 lines of 80 octets.
+var benchBody = bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdef\r\n"), 128)
+
+func benchEnvelope(n int) *Envelope {
+	env := &Envelope{From: "bench@example.test", Size: int64(len(benchBody))}
+	for i := 0; i < n; i++ {
+		env.Rcpts = append(env.Rcpts, Recipient{Addr: fmt.Sprintf("r%d@example.test", i)})
+	}
+	return env
+}
+
+// BenchmarkSendParallel is BenchmarkSend over 16 connections at once, the
+// setting of the comparison with Postfix's smtp-source (-s 16).
+func BenchmarkSendParallel(b *testing.B) {
+	const conns = 16
+	addr := startSink(b)
+	for _, n := range []int{1, 100} {
+		b.Run(fmt.Sprintf("conns=%d/rcpts=%d", conns, n), func(b *testing.B) {
+			procs := runtime.GOMAXPROCS(0)
+			b.SetParallelism((conns + procs - 1) / procs)
+			b.SetBytes(int64(len(benchBody)))
+			b.ReportAllocs()
+			b.RunParallel(func(pb *testing.PB) {
+				c, err := dialSink(b, addr)
+				if err != nil {
+					b.Error(err)
+					return
+				}
+				defer c.Quit(context.Background())
+				env := benchEnvelope(n)
+				rd := bytes.NewReader(benchBody)
+				for pb.Next() {
+					rd.Reset(benchBody)
+					if res, err := c.Send(context.Background(), env, rd); err != nil || res.Accepted() != n {
+						b.Errorf("Send: %v", err)
+						return
+					}
+				}
+			})
+			s := b.Elapsed().Seconds()
+			b.ReportMetric(float64(b.N)/s, "msgs/s")
+			b.ReportMetric(float64(b.N*n)/s, "rcpts/s")
+		})
+	}
+}
+
 // BenchmarkSend measures transactions against smtp-sink on loopback with
 // a 10 KB message over one connection: messages/s at 1 recipient and
 // recipients/s at 100 (where pipelining pays).
 func BenchmarkSend(b *testing.B) {
 	addr := startSink(b)
-	body := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcdef\r\n"), 128) // 10240 octets
 	for _, n := range []int{1, 100} {
 		b.Run(fmt.Sprintf("rcpts=%d", n), func(b *testing.B) {
 			c, err := dialSink(b, addr)
@@ -208,17 +254,14 @@ func BenchmarkSend(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer c.Quit(context.Background())
-			env := &Envelope{From: "bench@example.test", Size: int64(len(body))}
-			for i := 0; i < n; i++ {
-				env.Rcpts = append(env.Rcpts, Recipient{Addr: fmt.Sprintf("r%d@example.test", i)})
-			}
+			env := benchEnvelope(n)
 			ctx := context.Background()
-			rd := bytes.NewReader(body)
-			b.SetBytes(int64(len(body)))
+			rd := bytes.NewReader(benchBody)
+			b.SetBytes(int64(len(benchBody)))
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				rd.Reset(body)
+				rd.Reset(benchBody)
 				res, err := c.Send(ctx, env, rd)
 				if err != nil || res.Accepted() != n {
 					b.Fatalf("Send: %v", err)
