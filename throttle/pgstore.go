@@ -107,8 +107,9 @@ func (s *pgStore) cache(bs []bucket, scopes []string) *leaseCache {
 // leaseSQL takes up to $2 tokens from every bucket named in $1, all or the
 // same number from each, giving back $5 tokens first; nothing while a scope
 // in $4 is suspended. $3 is the time (NULL: the database's). It returns
-// the grant, the time, how long until $6 tokens could be granted, and the
-// latest suspension with its reason.
+// the grant, the time, how long in seconds until $6 tokens could be
+// granted, the smallest effective rate, and the latest suspension. (The
+// UPDATE in u runs whether or not the SELECT reads it.)
 const leaseSQL = `
 WITH t AS (SELECT coalesce($3::timestamptz, clock_timestamp()) AS now),
 s AS (SELECT scope, factor, suspended_until, reason FROM throttle_scopes WHERE scope = ANY($4::text[])),
@@ -134,9 +135,7 @@ u AS (
 SELECT g.granted, t.now,
        coalesce((SELECT max(greatest(0, $6::int - cur.avail) / cur.eff) FROM cur), 0),
        coalesce((SELECT min(cur.eff) FROM cur), 0),
-       (SELECT max(suspended_until) FROM s),
-       coalesce((SELECT reason FROM s ORDER BY suspended_until DESC NULLS LAST LIMIT 1), ''),
-       (SELECT count(*) FROM u)
+       (SELECT max(suspended_until) FROM s)
 FROM g, t`
 
 func (s *pgStore) take(ctx context.Context, bs []bucket, scopes []string, n int, maxWait time.Duration, now time.Time) (bool, time.Duration, error) {
@@ -175,11 +174,9 @@ func (s *pgStore) take(ctx context.Context, bs []bucket, scopes []string, n int,
 		waitSecs float64
 		minEff   float64
 		susp     *time.Time
-		reason   string
-		updated  int
 	)
 	err := s.pool.QueryRow(ctx, leaseSQL, names, want, s.ts(now), scopes, back, need).
-		Scan(&granted, &dbNow, &waitSecs, &minEff, &susp, &reason, &updated)
+		Scan(&granted, &dbNow, &waitSecs, &minEff, &susp)
 	if err != nil {
 		c.tokens += back // not given back after all
 		return false, 0, fmt.Errorf("leasing throttle tokens for %s: %w", strings.Join(names, ", "), err)
