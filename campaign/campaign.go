@@ -71,9 +71,36 @@ type Campaign struct {
 	FinishedAt   *time.Time `json:"finished_at,omitempty"`
 }
 
-// Content is the campaign's message as message.Content.
-func (c *Campaign) Content() message.Content {
-	return message.Content{From: c.From, Subject: c.Subject, Text: c.Text, HTML: c.HTML}
+// Secrets are what a process needs to build a campaign's messages that the
+// database never holds.
+type Secrets struct {
+	// UnsubscribeKey makes one-click unsubscribe tokens
+	// (unsubscribe.LoadKey: $BLASTER_UNSUBSCRIBE_KEY or a key file).
+	UnsubscribeKey []byte
+}
+
+// Content is the campaign's message as message.Content, with its
+// unsubscribe and DKIM policy; the DKIM key is read from its file.
+func (c *Campaign) Content(sec Secrets) (message.Content, error) {
+	return content(c.From, c.Subject, c.Text, c.HTML, c.Settings, sec)
+}
+
+func content(from, subject, text, html string, s Settings, sec Secrets) (message.Content, error) {
+	mc := message.Content{From: from, Subject: subject, Text: text, HTML: html}
+	if u := s.Unsubscribe; u != nil {
+		mc.Unsubscribe = message.Unsubscribe{BaseURL: u.BaseURL, Mailto: u.Mailto, OneClick: u.OneClick, Key: sec.UnsubscribeKey}
+		if u.OneClick && len(sec.UnsubscribeKey) == 0 {
+			return mc, errors.New("one-click unsubscribe needs the token key: set BLASTER_UNSUBSCRIBE_KEY or --unsubscribe-key-file")
+		}
+	}
+	if d := s.DKIM; d != nil {
+		key, err := message.LoadDKIMKey(d.KeyFile)
+		if err != nil {
+			return mc, fmt.Errorf("DKIM key: %w", err)
+		}
+		mc.DKIM = &message.DKIM{Domain: d.Domain, Selector: d.Selector, Key: key}
+	}
+	return mc, nil
 }
 
 // ErrNotFound is returned for a campaign id that does not exist.
@@ -96,6 +123,8 @@ type New struct {
 	Text     string
 	HTML     string
 	Settings Settings
+	// Secrets are needed to test-render one-click unsubscribe links.
+	Secrets Secrets
 }
 
 // Create parses and test-renders the templates (so a template error shows
@@ -113,12 +142,15 @@ func Create(ctx context.Context, q Querier, n New) (*Campaign, error) {
 	if err := n.Settings.validate(); err != nil {
 		return nil, fmt.Errorf("campaign settings: %w", err)
 	}
-	tmpl, err := message.Parse(message.Content{From: n.From, Subject: n.Subject, Text: n.Text, HTML: n.HTML})
+	mc, err := content(n.From, n.Subject, n.Text, n.HTML, n.Settings, n.Secrets)
 	if err != nil {
 		return nil, err
 	}
-	sample := &message.Data{Email: "sample@example.test", Name: "Sample", Attrs: map[string]string{}}
-	if err := tmpl.Render(discard{}, sample.Email, sample); err != nil {
+	tmpl, err := message.Parse(mc)
+	if err != nil {
+		return nil, err
+	}
+	if err := tmpl.Validate(nil); err != nil {
 		return nil, fmt.Errorf("test-rendering templates: %w", err)
 	}
 	settings, err := json.Marshal(n.Settings)
@@ -147,10 +179,6 @@ func Create(ctx context.Context, q Querier, n New) (*Campaign, error) {
 	}
 	return Get(ctx, q, id)
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // Get reads one campaign.
 func Get(ctx context.Context, q Querier, id int64) (*Campaign, error) {

@@ -28,6 +28,27 @@ type Settings struct {
 	// MaxAge is how long after the campaign started a deferred recipient
 	// is still retried before it is expired. Default 72h.
 	MaxAge Duration `json:"max_age,omitempty"`
+	// Unsubscribe adds List-Unsubscribe (RFC 2369) and, with OneClick,
+	// per-recipient one-click links (RFC 8058). nil for none.
+	Unsubscribe *Unsubscribe `json:"unsubscribe,omitempty"`
+	// DKIM signs every message (RFC 6376). nil for none.
+	DKIM *DKIM `json:"dkim,omitempty"`
+}
+
+// Unsubscribe is the List-Unsubscribe policy; see message.Unsubscribe. The
+// token key is not stored: it comes from Secrets at send time.
+type Unsubscribe struct {
+	BaseURL  string `json:"base_url,omitempty"`
+	Mailto   string `json:"mailto,omitempty"`
+	OneClick bool   `json:"one_click,omitempty"`
+}
+
+// DKIM names the signing key by its file, so no key material is stored in
+// the database; every worker reads the file.
+type DKIM struct {
+	Domain   string `json:"domain"`
+	Selector string `json:"selector"`
+	KeyFile  string `json:"key_file"`
 }
 
 // DefaultRetrySchedule is like an MTA's queue: minutes at first, growing.

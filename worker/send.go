@@ -49,6 +49,7 @@ type sendWorker struct {
 	now       func() time.Time
 	timeout   time.Duration
 	pauseWait time.Duration
+	secrets   campaign.Secrets
 
 	mu        sync.Mutex
 	campaigns map[int64]*compiled // a started campaign's content never changes
@@ -133,7 +134,11 @@ func (w *sendWorker) campaign(ctx context.Context, id int64) (*compiled, error) 
 	if err != nil {
 		return nil, err
 	}
-	tmpl, err := message.Parse(c.Content())
+	mc, err := c.Content(w.secrets)
+	if err != nil {
+		return nil, river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
+	}
+	tmpl, err := message.Parse(mc)
 	if err != nil {
 		return nil, river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
 	}
@@ -257,7 +262,8 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 				return w.putBack(ctx, b, rcpts[i:], wait, err)
 			}
 			buf.Reset()
-			data := &message.Data{Email: r.email, Name: r.name, Attrs: r.attrs}
+			data := &message.Data{Email: r.email, Name: r.name, Attrs: r.attrs,
+				CampaignID: b.cc.c.ID, ContactID: r.contactID}
 			if err := b.cc.tmpl.Render(&buf, r.email, data); err != nil {
 				b.outcomes = append(b.outcomes, outcome{contactID: r.contactID, state: campaign.StateBounced, errText: err.Error()})
 				continue
@@ -271,16 +277,16 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 		return 0, nil
 	}
 
-	var buf bytes.Buffer
-	to := groupName(b.cc.listName)
-	if err := b.cc.tmpl.Render(&buf, to, &message.Data{}); err != nil {
+	// Same for all: built (and signed) once per campaign, not per batch.
+	body, err := b.cc.tmpl.Shared(groupName(b.cc.listName))
+	if err != nil {
 		w.failAll(b, rcpts, err)
 		return 0, nil
 	}
 	if wait, err := w.acquire(ctx, b, len(rcpts)); err != nil || wait > 0 {
 		return w.putBack(ctx, b, rcpts, wait, err)
 	}
-	lastErr = w.transact(ctx, b, sess, rcpts, buf.Bytes())
+	lastErr = w.transact(ctx, b, sess, rcpts, body)
 	return 0, nil
 }
 

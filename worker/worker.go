@@ -48,6 +48,8 @@ type Config struct {
 	FetchInterval time.Duration
 	// NowFunc is the clock; default time.Now.
 	NowFunc func() time.Time
+	// Secrets build messages: the one-click unsubscribe key.
+	Secrets campaign.Secrets
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -110,6 +112,7 @@ func New(cfg Config) (*Worker, error) {
 		now:       cfg.NowFunc,
 		timeout:   cfg.JobTimeout,
 		pauseWait: cfg.PauseRecheck,
+		secrets:   cfg.Secrets,
 		campaigns: map[int64]*compiled{},
 	})
 	rcfg := &river.Config{

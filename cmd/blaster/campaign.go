@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/unsubscribe"
 	"github.com/blaster-mail/blaster/worker"
 )
 
@@ -34,6 +35,9 @@ func newCampaignCreateCmd(a *app) *cobra.Command {
 		textFile, htmlFile string
 		retry              string
 		maxAge             time.Duration
+		unsub              campaign.Unsubscribe
+		unsubKeyFile       string
+		dkim               campaign.DKIM
 	)
 	cmd := &cobra.Command{
 		Use:   "create --name N --list L --from ADDR --subject S --text FILE [--html FILE]",
@@ -64,6 +68,17 @@ The new campaign's id is printed alone on stdout.`,
 				}
 			}
 			n.Settings.MaxAge = campaign.Duration(maxAge)
+			if unsub.BaseURL != "" || unsub.Mailto != "" {
+				n.Settings.Unsubscribe = &unsub
+			}
+			if dkim.KeyFile != "" {
+				n.Settings.DKIM = &dkim
+			}
+			if unsub.OneClick {
+				if n.Secrets.UnsubscribeKey, err = unsubscribe.LoadKey(unsubKeyFile, os.Getenv); err != nil {
+					return err
+				}
+			}
 			pool, err := a.db(cmd.Context())
 			if err != nil {
 				return err
@@ -88,6 +103,13 @@ The new campaign's id is printed alone on stdout.`,
 	f.BoolVar(&n.Settings.AtLeastOnce, "at-least-once", false, "resend recipients whose outcome is unknown (default at-most-once)")
 	f.StringVar(&retry, "retry-schedule", "", "waits before retries of deferred recipients, e.g. 1m,5m,15m,1h (default like an MTA)")
 	f.DurationVar(&maxAge, "max-age", 0, "retry deferred recipients until this long after start (default 72h)")
+	f.StringVar(&unsub.BaseURL, "unsubscribe-url", "", "https base URL of `blaster serve`'s /u endpoint, for List-Unsubscribe")
+	f.StringVar(&unsub.Mailto, "unsubscribe-mailto", "", "address for List-Unsubscribe by mail")
+	f.BoolVar(&unsub.OneClick, "one-click", false, "per-recipient one-click unsubscribe links (RFC 8058); makes the campaign personalized")
+	f.StringVar(&unsubKeyFile, "unsubscribe-key-file", "", "file with the unsubscribe token key (else $BLASTER_UNSUBSCRIBE_KEY)")
+	f.StringVar(&dkim.Domain, "dkim-domain", "", "DKIM signing domain (d=)")
+	f.StringVar(&dkim.Selector, "dkim-selector", "", "DKIM selector (s=)")
+	f.StringVar(&dkim.KeyFile, "dkim-key", "", "PEM file with the DKIM private key (RSA or Ed25519); every worker reads it")
 	for _, name := range []string{"name", "list", "from", "subject"} {
 		cmd.MarkFlagRequired(name)
 	}

@@ -3,18 +3,21 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/blaster-mail/blaster/unsubscribe"
 	"github.com/blaster-mail/blaster/worker"
 )
 
 func newWorkerCmd(a *app) *cobra.Command {
 	var (
-		tf          transportFlags
-		cfg         worker.Config
-		stopTimeout time.Duration
+		tf           transportFlags
+		cfg          worker.Config
+		stopTimeout  time.Duration
+		unsubKeyFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -38,6 +41,11 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 			}
 			tr, err := tf.build(a)
 			if err != nil {
+				return err
+			}
+			if key, err := unsubscribe.LoadKey(unsubKeyFile, os.Getenv); err == nil {
+				cfg.Secrets.UnsubscribeKey = key
+			} else if unsubKeyFile != "" {
 				return err
 			}
 			cfg.Pool = pool
@@ -71,6 +79,7 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 	f.IntVar(&cfg.AlertWorkers, "alert-workers", 8, "alert batches sent at once")
 	f.DurationVar(&cfg.JobTimeout, "batch-timeout", 5*time.Minute, "longest one batch may take")
 	f.DurationVar(&stopTimeout, "stop-timeout", 2*time.Minute, "how long to wait for transactions in flight on SIGINT/SIGTERM")
+	f.StringVar(&unsubKeyFile, "unsubscribe-key-file", "", "file with the one-click unsubscribe token key (else $BLASTER_UNSUBSCRIBE_KEY)")
 	f.DurationVar(&cfg.FetchInterval, "poll-interval", 0, "how often to poll for jobs besides LISTEN/NOTIFY (default 1s)")
 	return cmd
 }
