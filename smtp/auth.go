@@ -32,6 +32,13 @@ const (
 // CRAM-MD5, which go-sasl lacks, are written here.
 func NewAuth(mech, user, secret string) func(Caps) (sasl.Client, error) {
 	mech = strings.ToUpper(mech)
+	switch mech {
+	case "", mechPlain, mechLogin, mechCRAMMD5, mechXOAuth2, mechOAuthBearer:
+	default:
+		return func(Caps) (sasl.Client, error) {
+			return nil, fmt.Errorf("unknown mechanism %q (want plain, login, cram-md5, xoauth2 or oauthbearer)", mech)
+		}
+	}
 	return func(caps Caps) (sasl.Client, error) {
 		m := mech
 		if m == "" {

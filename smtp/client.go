@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -248,7 +249,8 @@ func parseCaps(r *Reply) Caps {
 }
 
 // Client is one SMTP connection. It is not safe for concurrent use: one
-// goroutine runs its transactions, one after the other.
+// goroutine runs its transactions, one after the other, and asks Broken;
+// only Close may be called from elsewhere.
 type Client struct {
 	cfg    Config
 	server string
@@ -258,7 +260,7 @@ type Client struct {
 	buf    []byte // copy buffer for message bodies
 	caps   Caps
 	broken bool
-	closed bool
+	closed atomic.Bool
 
 	// mu guards conn (replaced by STARTTLS) and the cancellation state
 	// shared with the context.AfterFunc callback of bind.
@@ -497,7 +499,7 @@ func (c *Client) isTLS() bool {
 // Broken reports whether the connection can no longer be used: an I/O
 // error, a timeout or cancellation mid-step, a 421 reply (RFC 5321 §3.8),
 // a malformed reply, or a body aborted before its end.
-func (c *Client) Broken() bool { return c.broken || c.closed }
+func (c *Client) Broken() bool { return c.broken || c.closed.Load() }
 
 // Send runs one mail transaction (RFC 5321 §3.3): MAIL, one RCPT per
 // recipient, DATA and the body streamed from body to EOF.
@@ -543,6 +545,9 @@ func (c *Client) Send(ctx context.Context, env *Envelope, body io.Reader) (*Resu
 	}
 	if env == nil || len(env.Rcpts) == 0 {
 		return nil, fmt.Errorf("smtp %s: envelope without recipients: %w", c.server, ErrInvalidEnvelope)
+	}
+	if body == nil {
+		return nil, fmt.Errorf("smtp %s: nil message body: %w", c.server, ErrInvalidEnvelope)
 	}
 	mail, err := c.mailCommand(env)
 	if err != nil {
@@ -795,7 +800,7 @@ func (c *Client) simple(ctx context.Context, verb string) error {
 // Quit sends QUIT (RFC 5321 §4.1.1.10) when the connection is healthy,
 // then closes it.
 func (c *Client) Quit(ctx context.Context) error {
-	if c.closed {
+	if c.closed.Load() {
 		return nil
 	}
 	var err error
@@ -809,12 +814,12 @@ func (c *Client) Quit(ctx context.Context) error {
 }
 
 // Close closes the connection without QUIT. It may be called more than
-// once.
+// once, and from another goroutine than the one running a transaction:
+// that transaction then fails with a network error (Retry).
 func (c *Client) Close() error {
-	if c.closed {
+	if c.closed.Swap(true) {
 		return nil
 	}
-	c.closed = true
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err := c.conn.Close(); err != nil && !c.broken {
@@ -824,7 +829,7 @@ func (c *Client) Close() error {
 }
 
 func (c *Client) usable() error {
-	if c.closed || c.broken {
+	if c.closed.Load() || c.broken {
 		return fmt.Errorf("smtp %s: connection closed or broken, not reusable", c.server)
 	}
 	return nil

@@ -557,13 +557,15 @@ func TestAuthTranscript(t *testing.T) {
 	}
 }
 
-func TestContextCancel(t *testing.T) {
+// stallServer accepts one connection, greets, answers EHLO with
+// PIPELINING, reads the envelope, signals on gotMail and then says nothing.
+func stallServer(t *testing.T) (addr string, gotMail <-chan struct{}) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	gotMail := make(chan struct{})
+	got := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -577,13 +579,43 @@ func TestContextCancel(t *testing.T) {
 		conn.Read(buf) // EHLO
 		io.WriteString(conn, ehloPipe)
 		conn.Read(buf) // the pipelined envelope; then silence
-		close(gotMail)
-		conn.Read(buf) // until the client closes
+		close(got)
+		for {
+			if _, err := conn.Read(buf); err != nil {
+				return
+			}
+		}
 	}()
-	c, err := Dial(context.Background(), l.Addr().String(), Config{LocalName: "client.example.test"})
+	t.Cleanup(func() {
+		l.Close()
+		<-done
+	})
+	return l.Addr().String(), got
+}
+
+func TestCloseDuringSend(t *testing.T) {
+	addr, gotMail := stallServer(t)
+	c, err := Dial(context.Background(), addr, Config{LocalName: "client.example.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
+	go func() {
+		<-gotMail
+		c.Close()
+	}()
+	_, err = c.Send(context.Background(), &Envelope{From: "n@example.test", Rcpts: rcpts("a@example.test")}, strings.NewReader("x"))
+	if err == nil || Classify(err) != Retry || !c.Broken() {
+		t.Fatalf("err = %v, broken %v; want a retryable error and a broken client", err, c.Broken())
+	}
+}
+
+func TestContextCancel(t *testing.T) {
+	addr, gotMail := stallServer(t)
+	c, err := Dial(context.Background(), addr, Config{LocalName: "client.example.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
 		<-gotMail
@@ -596,35 +628,28 @@ func TestContextCancel(t *testing.T) {
 	if !c.Broken() {
 		t.Error("connection not broken after a cancelled step")
 	}
-	c.Close()
-	<-done
 }
 
-func TestTimeout(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func TestContextDeadline(t *testing.T) {
+	addr, _ := stallServer(t)
+	c, err := Dial(context.Background(), addr, Config{LocalName: "client.example.test"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		conn, err := l.Accept()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		io.WriteString(conn, greeting)
-		buf := make([]byte, 4096)
-		conn.Read(buf)
-		io.WriteString(conn, ehloPipe)
-		for {
-			if _, err := conn.Read(buf); err != nil {
-				return
-			}
-		}
-	}()
-	c, err := Dial(context.Background(), l.Addr().String(),
+	defer c.Close()
+	// The step timeouts are minutes; the ctx deadline must cut them short.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	_, err = c.Send(ctx, &Envelope{From: "n@example.test", Rcpts: rcpts("a@example.test")}, strings.NewReader("x"))
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() || Classify(err) != Retry || !c.Broken() {
+		t.Fatalf("err = %v, want a timeout, retry, broken", err)
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	addr, _ := stallServer(t)
+	c, err := Dial(context.Background(), addr,
 		Config{LocalName: "client.example.test", Timeouts: Timeouts{Mail: time.Millisecond}})
 	if err != nil {
 		t.Fatal(err)
@@ -635,7 +660,6 @@ func TestTimeout(t *testing.T) {
 		t.Fatalf("err = %v, want a timeout and a broken connection", err)
 	}
 	c.Close()
-	<-done
 }
 
 func TestLineTooLong(t *testing.T) {
