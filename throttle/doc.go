@@ -50,6 +50,9 @@
 //	l.Start(ctx); defer l.Stop()          // connection counts across processes
 //	worker.New(worker.Config{..., Throttle: l})
 //
-// The MX transport can take per-destination caps from Limiter.Limits and
-// reserve connections with Limiter.AcquireConn.
+// After each transaction the send worker calls
+// Observe(key, ResultError(res, err)), so that rate limits answered to a
+// RCPT count too; it sizes transactions by Limits(key).MaxRcpts. The MX
+// transport can take per-destination caps from Limiter.Limits and reserve
+// connections with Limiter.AcquireConn.
 package throttle

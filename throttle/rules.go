@@ -271,3 +271,20 @@ func RetryHint(text string) (time.Duration, bool) {
 	}
 	return time.Duration(n) * unit, true
 }
+
+// ResultError is what to pass to Observe after a transaction: the
+// transaction's error, or when it succeeded for some recipients, the first
+// transient (4xx) reply to a RCPT, where providers put their rate limits
+// (Gmail's 4.7.28 comes at RCPT time). Nil when everything was accepted or
+// refused permanently.
+func ResultError(res *smtp.Result, err error) error {
+	if err != nil || res == nil {
+		return err
+	}
+	for _, r := range res.Rcpts {
+		if r != nil && r.Code/100 == 4 {
+			return &smtp.Error{Reply: *r, Command: "RCPT"}
+		}
+	}
+	return nil
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -172,4 +173,33 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted config refused by New: %v", err)
 		}
 	})
+}
+
+func TestResultError(t *testing.T) {
+	ok := &smtp.Reply{Code: 250}
+	limited := &smtp.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 28}, Text: "unusual rate"}
+	unknown := &smtp.Reply{Code: 550, Enhanced: smtp.EnhancedCode{5, 1, 1}, Text: "no such user"}
+	connErr := errors.New("connection reset by peer")
+	tests := []struct {
+		name string
+		res  *smtp.Result
+		err  error
+		want string
+	}{
+		{"all accepted", &smtp.Result{Rcpts: []*smtp.Reply{ok, ok}, Data: ok}, nil, ""},
+		{"a permanent refusal is no signal", &smtp.Result{Rcpts: []*smtp.Reply{ok, unknown}, Data: ok}, nil, ""},
+		{"rate limit at RCPT", &smtp.Result{Rcpts: []*smtp.Reply{ok, limited, nil}, Data: ok}, nil, "RCPT: 421 4.7.28 unusual rate"},
+		{"transaction error wins", &smtp.Result{Rcpts: []*smtp.Reply{limited}}, connErr, connErr.Error()},
+		{"no result", nil, nil, ""},
+	}
+	for _, tt := range tests {
+		err := ResultError(tt.res, tt.err)
+		got := ""
+		if err != nil {
+			got = err.Error()
+		}
+		if !strings.Contains(got, tt.want) || (tt.want == "") != (got == "") {
+			t.Errorf("%s: %q, want %q", tt.name, got, tt.want)
+		}
+	}
 }
