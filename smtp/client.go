@@ -523,8 +523,9 @@ func (c *Client) Broken() bool { return c.broken || c.closed.Load() }
 //     recipients, and Result.Data stays nil.
 //   - A 452 to RCPT (RFC 5321 §4.5.3.1.10, too many recipients) is in
 //     Result.Rcpts; without pipelining no further RCPT is sent after it and
-//     those entries stay nil. Recipients with a 4xx or nil entry belong in
-//     the next transaction, which may run on the same connection at once.
+//     the later recipients get that same 452 reply. Recipients with a 452
+//     belong in the next transaction, which may run on the same connection
+//     at once.
 //   - A negative reply to MAIL or DATA, or to the final ".", is returned as
 //     *Error and applies to every recipient not rejected at RCPT; a reply
 //     to the final "." is also in Result.Data.
@@ -657,7 +658,7 @@ func (c *Client) envelopeLockstep(mail string, rcpts []pendingRcpt, res *Result)
 		return false, err
 	}
 	accepted := 0
-	for _, p := range rcpts {
+	for k, p := range rcpts {
 		r, err := c.cmd("RCPT", c.cfg.Timeouts.Rcpt, 2, p.line)
 		if r == nil {
 			return false, err
@@ -670,7 +671,13 @@ func (c *Client) envelopeLockstep(mail string, rcpts []pendingRcpt, res *Result)
 			accepted++
 		}
 		if r.Code == 452 {
-			break // RFC 5321 §4.5.3.1.10: the rest go in the next transaction
+			// RFC 5321 §4.5.3.1.10: no more recipients in this
+			// transaction. The server's 452 stands for the rest too: they
+			// go in the next transaction.
+			for _, rest := range rcpts[k+1:] {
+				res.Rcpts[rest.i] = r
+			}
+			break
 		}
 	}
 	if accepted == 0 {

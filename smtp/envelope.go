@@ -35,7 +35,10 @@ type Recipient struct {
 // Result is what one transaction did, per recipient.
 type Result struct {
 	// Rcpts has one entry per Envelope.Rcpts, in the same order: the
-	// server's reply to that RCPT. Nil where the RCPT was never answered.
+	// server's reply to that RCPT. Nil where the RCPT was never answered
+	// (Send then returns an error, which applies to that recipient).
+	// A 452 entry means "not in this transaction": send that recipient in
+	// the next one on the same connection.
 	Rcpts []*Reply
 	// Data is the reply to the end of the message data (the final "."), or
 	// nil when no body was sent (every recipient was rejected).
@@ -48,10 +51,11 @@ type Result struct {
 // end of the data does. The reply returned is the one that decided, nil
 // when none did (a network error, a recipient never asked for).
 //
-// Recipients whose outcome is Retry with a 452 reply, or with no reply
-// because a 452 stopped the transaction (RFC 5321 §4.5.3.1.10), were
-// refused for this transaction only: put them in the next one, on the same
-// connection, at once.
+// Recipients whose outcome is Retry with a 452 reply (RFC 5321
+// §4.5.3.1.10, too many recipients; without pipelining the recipients
+// after the first 452 carry that same reply, no RCPT having been sent for
+// them) were refused for this transaction only: put them in the next one,
+// on the same connection, at once.
 func (r *Result) Outcome(i int, err error) (Outcome, *Reply) {
 	var rp *Reply
 	if r != nil && i < len(r.Rcpts) {

@@ -229,8 +229,8 @@ func TestSend452(t *testing.T) {
 		if strings.Contains(sc.wire(), "c@example.test") {
 			t.Errorf("RCPT sent after a 452: %q", sc.wire())
 		}
-		if res.Rcpts[2] != nil {
-			t.Errorf("recipient 2 reply = %v, want nil (never asked)", res.Rcpts[2])
+		if r := res.Rcpts[2]; r == nil || r.Code != 452 {
+			t.Errorf("recipient 2 reply = %v, want the 452 that stopped the RCPTs", r)
 		}
 		want := []Outcome{Sent, Retry, Retry}
 		for i, w := range want {
