@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -189,7 +190,7 @@ type Config struct {
 	// Empty means the shipped rule pack (default.toml's). Set NoRules to run
 	// without any.
 	Rules []Rule `toml:"rule"`
-	// NoRules disables adaptive back-off.
+	// NoRules disables adaptive back-off: Rules are ignored.
 	NoRules bool `toml:"no_rules"`
 
 	// Pool is the database shared by the worker processes. Nil keeps every
@@ -296,8 +297,13 @@ func (c Config) WithDefaults() Config {
 	setF(&c.RecoveryStart, 0.25)
 	setF(&c.RecoveryStep, 1.5)
 	setF(&c.MinFactor, 0.05)
-	if len(c.Rules) == 0 && !c.NoRules {
+	switch {
+	case c.NoRules:
+		c.Rules = nil
+	case len(c.Rules) == 0:
 		c.Rules = defaultRules()
+	default:
+		c.Rules = slices.Clone(c.Rules) // validate compiles them in place
 	}
 	if c.SleepFunc == nil {
 		c.SleepFunc = sleep
