@@ -45,7 +45,7 @@
 //
 //	cfg, err := throttle.LoadConfig(path) // "" for the shipped defaults
 //	cfg.Pool = pool                       // share budgets with the other workers
-//	cfg.MXHostsFunc = lookupMX            // optional: group domains by MX hosts
+//	cfg.MXHostsFunc = throttle.MXHosts(net.DefaultResolver.LookupMX) // optional: group by MX hosts
 //	l, err := throttle.New(cfg)
 //	l.Start(ctx); defer l.Stop()          // connection counts across processes
 //	worker.New(worker.Config{..., Throttle: l})

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math"
+	"net"
 	"os"
 	"path"
 	"slices"
@@ -451,4 +452,21 @@ func (l *Limiter) InFlight(scope string) int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.inflight[scope]
+}
+
+// MXHosts adapts an MX lookup (net.Resolver.LookupMX, the MX transport's
+// LookupMXFunc) to Config.MXHostsFunc, so grouping and delivery share one
+// resolver: cfg.MXHostsFunc = throttle.MXHosts(net.DefaultResolver.LookupMX).
+func MXHosts(lookup func(ctx context.Context, domain string) ([]*net.MX, error)) func(ctx context.Context, domain string) ([]string, error) {
+	return func(ctx context.Context, domain string) ([]string, error) {
+		mxs, err := lookup(ctx, domain)
+		if err != nil {
+			return nil, fmt.Errorf("looking up MX of %s: %w", domain, err)
+		}
+		hosts := make([]string, 0, len(mxs))
+		for _, mx := range mxs {
+			hosts = append(hosts, mx.Host)
+		}
+		return hosts, nil
+	}
 }

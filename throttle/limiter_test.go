@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -244,16 +245,16 @@ func TestDomainGroups(t *testing.T) {
 	cfg.NowFunc = clk.Now
 	cfg.Logger = slog.New(slog.DiscardHandler)
 	lookups := 0
-	cfg.MXHostsFunc = func(ctx context.Context, domain string) ([]string, error) {
+	cfg.MXHostsFunc = MXHosts(func(ctx context.Context, domain string) ([]*net.MX, error) {
 		lookups++
 		switch domain {
 		case "corp.example.test":
-			return []string{"aspmx.l.google.com.", "alt1.aspmx.l.google.com."}, nil
+			return []*net.MX{{Host: "aspmx.l.google.com.", Pref: 1}, {Host: "alt1.aspmx.l.google.com.", Pref: 5}}, nil
 		case "a.example.test", "b.example.test":
-			return []string{"mx2.example.test", "MX1.example.test."}, nil
+			return []*net.MX{{Host: "mx2.example.test", Pref: 10}, {Host: "MX1.example.test.", Pref: 10}}, nil
 		}
-		return nil, errors.New("no such host")
-	}
+		return nil, &net.DNSError{Err: "no such host", Name: domain, IsNotFound: true}
+	})
 	l := newTestLimiter(t, cfg)
 	ctx := context.Background()
 	tests := []struct{ domain, scope string }{
