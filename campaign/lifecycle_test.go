@@ -6,7 +6,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -221,14 +226,20 @@ func dbNow(t *testing.T, pool *pgxpool.Pool) time.Time {
 func waitDone(t *testing.T, pool *pgxpool.Pool, id int64) *campaign.Status {
 	t.Helper()
 	var s *campaign.Status
-	waitFor(t, fmt.Sprintf("campaign %d is done", id), func() bool {
+	deadline := time.Now().Add(time.Minute)
+	for {
 		var err error
 		if s, err = campaign.GetStatus(context.Background(), pool, id); err != nil {
 			t.Fatal(err)
 		}
-		return s.State == campaign.Done
-	})
-	return s
+		if s.State == campaign.Done {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("campaign %d not done by the deadline: %+v", id, s)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 // exactlyOnce checks that every address got exactly want[addr] messages
@@ -560,4 +571,99 @@ func TestParseStates(t *testing.T) {
 			t.Errorf("ParseStates(%q) = %v, %v; want %v", tt.in, got, err, tt.want)
 		}
 	}
+}
+
+// TestRetrySmtpSink checks retry against Postfix's smtp-sink, an
+// independent SMTP implementation: its own dump of every transaction's
+// recipients shows the retried recipients twice and everyone else once.
+func TestRetrySmtpSink(t *testing.T) {
+	bin := "/usr/sbin/smtp-sink"
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("smtp-sink missing in CI: %v", err)
+		}
+		t.Skip("smtp-sink not installed (Debian package postfix)")
+	}
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	emails := seedList(t, pool, "news", 30)
+	addr, dump := startSmtpSink(t, bin)
+	runWorker(t, pool, relayTransport(t, addr))
+	id := startCampaign(t, pool, "news", 10)
+	waitDone(t, pool, id)
+
+	retried := []string{emails[1], emails[2], emails[17]}
+	if _, err := pool.Exec(ctx, `UPDATE deliveries SET state = 'bounced' WHERE campaign_id = $1 AND email = ANY($2)`, id, retried); err != nil {
+		t.Fatal(err)
+	}
+	rc, err := worker.InsertClient(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res, err := campaign.Retry(ctx, pool, rc, id, []string{"bounced"}); err != nil || res.Recipients != 3 {
+		t.Fatalf("retry = %+v, %v; want 3 recipients", res, err)
+	}
+	waitDone(t, pool, id)
+	want := map[string]int{}
+	for _, e := range retried {
+		want[e] = 2
+	}
+	exactlyOnce(t, smtpSinkRecipients(t, dump), emails, want)
+}
+
+// startSmtpSink runs smtp-sink on a free loopback port, dumping every
+// transaction to one file (as worker/worker_test.go does), and returns its
+// address and the dump's path.
+func startSmtpSink(t *testing.T, bin string) (addr, dump string) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr = ln.Addr().String()
+	ln.Close()
+	// smtp-sink runs as nobody (-u) and must reach and write the dump:
+	// t.TempDir's parent is private, so the directory goes directly in /tmp.
+	dir, err := os.MkdirTemp("", "smtp-sink-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	os.Chmod(dir, 0o777)
+	dump = filepath.Join(dir, "dump")
+	args := []string{"-D", dump, addr, "256"}
+	if os.Geteuid() == 0 {
+		args = append([]string{"-u", "nobody"}, args...)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFor(t, "smtp-sink answers on "+addr, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	return addr, dump
+}
+
+// smtpSinkRecipients counts each recipient in smtp-sink's dump.
+func smtpSinkRecipients(t *testing.T, dump string) map[string]int {
+	t.Helper()
+	b, err := os.ReadFile(dump)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "X-Rcpt-Args: <"); ok {
+			a, _, _ := strings.Cut(rest, ">")
+			got[a]++
+		}
+	}
+	return got
 }
