@@ -258,6 +258,11 @@ type Client struct {
 	bw     *bufio.Writer
 	cw     *connWriter
 	buf    []byte // copy buffer for message bodies
+	// lines and pending hold the RCPT lines of the current transaction,
+	// reused from one to the next.
+	lines   []byte
+	pending []pendingRcpt
+	cache   replyCache
 	caps   Caps
 	broken bool
 	closed atomic.Bool
@@ -555,16 +560,23 @@ func (c *Client) Send(ctx context.Context, env *Envelope, body io.Reader) (*Resu
 		return nil, fmt.Errorf("smtp %s: %w", c.server, err)
 	}
 	res := &Result{Rcpts: make([]*Reply, len(env.Rcpts))}
-	var rcpts []pendingRcpt
+	// The RCPT lines are built into one reused buffer: a 100-recipient
+	// transaction then costs no allocation per recipient here.
+	rcpts := c.pending[:0]
+	lines := c.lines[:0]
 	for i, r := range env.Rcpts {
-		line, err := c.rcptCommand(r)
+		start := len(lines)
+		var err error
+		lines, err = c.appendRcpt(lines, r)
 		if err != nil {
+			lines = lines[:start]
 			res.Rcpts[i] = &Reply{Code: 553, Enhanced: EnhancedCode{5, 1, 3},
 				Text: "not sent by blaster: " + err.Error()}
 			continue
 		}
-		rcpts = append(rcpts, pendingRcpt{i: i, line: line})
+		rcpts = append(rcpts, pendingRcpt{i: i, start: start, end: len(lines)})
 	}
+	c.pending, c.lines = rcpts, lines
 	if len(rcpts) == 0 {
 		return res, nil
 	}
@@ -585,9 +597,9 @@ func (c *Client) Send(ctx context.Context, env *Envelope, body io.Reader) (*Resu
 	return res, c.data(body, res)
 }
 
+// pendingRcpt is recipient i's RCPT line, lines[start:end] of Client.lines.
 type pendingRcpt struct {
-	i    int
-	line string
+	i, start, end int
 }
 
 // envelopePipelined sends MAIL, every RCPT and DATA in one write (RFC 2920
@@ -599,7 +611,7 @@ func (c *Client) envelopePipelined(mail string, rcpts []pendingRcpt, res *Result
 	}
 	c.writeLine(mail)
 	for _, p := range rcpts {
-		c.writeLine(p.line)
+		c.writeBytes(c.lines[p.start:p.end])
 	}
 	c.writeLine("DATA")
 	if err := c.bw.Flush(); err != nil {
@@ -659,7 +671,7 @@ func (c *Client) envelopeLockstep(mail string, rcpts []pendingRcpt, res *Result)
 	}
 	accepted := 0
 	for k, p := range rcpts {
-		r, err := c.cmd("RCPT", c.cfg.Timeouts.Rcpt, 2, p.line)
+		r, err := c.cmd("RCPT", c.cfg.Timeouts.Rcpt, 2, string(c.lines[p.start:p.end]))
 		if r == nil {
 			return false, err
 		}
@@ -951,7 +963,7 @@ func (c *Client) reply(name string, timeout time.Duration, want int) (*Reply, er
 			return nil, c.fail(name, err)
 		}
 	}
-	r, err := readReply(c.br, c.traceFunc())
+	r, err := readReplyCached(c.br, c.traceFunc(), &c.cache)
 	if err != nil {
 		return nil, c.fail(name, err)
 	}
@@ -967,6 +979,15 @@ func (c *Client) reply(name string, timeout time.Duration, want int) (*Reply, er
 
 // writeLine buffers one command line; the caller flushes.
 func (c *Client) writeLine(line string) { c.writeMasked(line, -1) }
+
+// writeBytes is writeLine for a line held in a byte slice.
+func (c *Client) writeBytes(line []byte) {
+	if c.cfg.Trace != nil {
+		fmt.Fprintf(c.cfg.Trace, "C: %s\n", line)
+	}
+	c.bw.Write(line)
+	c.bw.WriteString("\r\n")
+}
 
 // writeMasked buffers one command line; in the trace, the line from octet
 // secretFrom on is masked (secretFrom < 0: nothing is).
@@ -1062,36 +1083,41 @@ func (c *Client) mailCommand(env *Envelope) (string, error) {
 	return b.String(), nil
 }
 
-// rcptCommand builds RCPT TO, with the DSN parameters when announced.
-func (c *Client) rcptCommand(r Recipient) (string, error) {
+// appendRcpt appends the RCPT TO line for r, without CRLF, with the DSN
+// parameters when the server announced DSN.
+func (c *Client) appendRcpt(dst []byte, r Recipient) ([]byte, error) {
 	if r.Addr == "" || !validAddr(r.Addr) {
-		return "", fmt.Errorf("recipient %q: %w", r.Addr, ErrInvalidEnvelope)
+		return dst, fmt.Errorf("recipient %q: %w", r.Addr, ErrInvalidEnvelope)
 	}
-	line := "RCPT TO:<" + r.Addr + ">"
+	dst = append(dst, "RCPT TO:<"...)
+	dst = append(dst, r.Addr...)
+	dst = append(dst, '>')
 	if !c.caps.DSN {
-		return line, nil
+		return dst, nil
 	}
 	if len(r.Notify) > 0 {
 		// RFC 3461 §4.1: NEVER alone, or a list of SUCCESS, FAILURE, DELAY.
-		var vals []string
-		for _, n := range r.Notify {
+		dst = append(dst, " NOTIFY="...)
+		for k, n := range r.Notify {
 			n = strings.ToUpper(n)
-			switch n {
-			case "NEVER", "SUCCESS", "FAILURE", "DELAY":
+			switch {
+			case n == "NEVER" && len(r.Notify) > 1:
+				return dst, fmt.Errorf("recipient %q: NOTIFY=NEVER combined with others: %w", r.Addr, ErrInvalidEnvelope)
+			case n == "NEVER", n == "SUCCESS", n == "FAILURE", n == "DELAY":
 			default:
-				return "", fmt.Errorf("recipient %q: NOTIFY %q: %w", r.Addr, n, ErrInvalidEnvelope)
+				return dst, fmt.Errorf("recipient %q: NOTIFY %q: %w", r.Addr, n, ErrInvalidEnvelope)
 			}
-			vals = append(vals, n)
+			if k > 0 {
+				dst = append(dst, ',')
+			}
+			dst = append(dst, n...)
 		}
-		if len(vals) > 1 && strings.Contains(strings.Join(vals, ","), "NEVER") {
-			return "", fmt.Errorf("recipient %q: NOTIFY=NEVER combined with others: %w", r.Addr, ErrInvalidEnvelope)
-		}
-		line += " NOTIFY=" + strings.Join(vals, ",")
 	}
 	if r.ORcpt != "" {
-		line += " ORCPT=rfc822;" + xtext(r.ORcpt) // RFC 3461 §4.2
+		dst = append(dst, " ORCPT=rfc822;"...) // RFC 3461 §4.2
+		dst = appendXtext(dst, r.ORcpt)
 	}
-	return line, nil
+	return dst, nil
 }
 
 // maxPathOctets is the longest reverse or forward path (RFC 5321
@@ -1122,18 +1148,17 @@ func isASCII(s string) bool {
 
 // xtext encodes s per RFC 3461 §4: octets "!" to "~" except "+" and "="
 // as themselves, everything else as "+" and two upper-case hex digits.
-func xtext(s string) string {
+func xtext(s string) string { return string(appendXtext(nil, s)) }
+
+func appendXtext(dst []byte, s string) []byte {
 	const hex = "0123456789ABCDEF"
-	var b strings.Builder
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c >= '!' && c <= '~' && c != '+' && c != '=' {
-			b.WriteByte(c)
+			dst = append(dst, c)
 			continue
 		}
-		b.WriteByte('+')
-		b.WriteByte(hex[c>>4])
-		b.WriteByte(hex[c&0xf])
+		dst = append(dst, '+', hex[c>>4], hex[c&0xf])
 	}
-	return b.String()
+	return dst
 }

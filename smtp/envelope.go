@@ -38,7 +38,8 @@ type Result struct {
 	// server's reply to that RCPT. Nil where the RCPT was never answered
 	// (Send then returns an error, which applies to that recipient).
 	// A 452 entry means "not in this transaction": send that recipient in
-	// the next one on the same connection.
+	// the next one on the same connection. Identical replies may be one
+	// shared *Reply, here and across transactions: treat them as read-only.
 	Rcpts []*Reply
 	// Data is the reply to the end of the message data (the final "."), or
 	// nil when no body was sent (every recipient was rejected).

@@ -67,6 +67,40 @@ func TestReadReply(t *testing.T) {
 	}
 }
 
+func TestReadReplyCached(t *testing.T) {
+	in := "250 2.1.5 Ok\r\n250 2.1.5 Ok\r\n250 2.1.5 Okay\r\n250-2.1.5 Ok\r\n250 more\r\n250 2.1.5 Ok\r\n354 go\r\n"
+	want := []Reply{
+		{Code: 250, Enhanced: EnhancedCode{2, 1, 5}, Text: "Ok"},
+		{Code: 250, Enhanced: EnhancedCode{2, 1, 5}, Text: "Ok"},
+		{Code: 250, Enhanced: EnhancedCode{2, 1, 5}, Text: "Okay"},
+		{Code: 250, Enhanced: EnhancedCode{2, 1, 5}, Text: "Ok\nmore"},
+		{}, // the first reply again, set below
+		{Code: 354, Text: "go"},
+	}
+	want[4] = want[0]
+	br := bufio.NewReaderSize(strings.NewReader(in), 4096)
+	var cache replyCache
+	var got []*Reply
+	for range want {
+		r, err := readReplyCached(br, nil, &cache)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, r)
+	}
+	for i := range want {
+		if *got[i] != want[i] {
+			t.Errorf("reply %d = %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	if got[0] != got[1] {
+		t.Error("an identical reply was parsed again, not shared")
+	}
+	if _, err := readReplyCached(br, nil, &cache); err == nil {
+		t.Error("read past the end")
+	}
+}
+
 func TestReplyString(t *testing.T) {
 	r := &Reply{Code: 550, Enhanced: EnhancedCode{5, 7, 1}, Text: "a\nb"}
 	if got := r.String(); got != "550 5.7.1 a / b" {

@@ -2,6 +2,7 @@ package smtp
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -86,14 +87,38 @@ var errProtocol = errors.New("smtp: malformed reply")
 // reader's buffer (4096 octets) is the hard per-line bound, lenient on purpose.
 const maxReplyLines = 256
 
+// replyCache remembers the last single-line reply read on a connection.
+// Pipelined replies are mostly the same line ("250 2.1.5 Ok" a hundred
+// times); an identical line is answered with the same *Reply, without
+// parsing or allocating. Replies are therefore shared and read-only.
+type replyCache struct {
+	raw   []byte
+	reply *Reply
+}
+
 // readReply reads one possibly multi-line reply (RFC 5321 §4.2.1: every
 // line but the last has "-" after the code). Lines end in CRLF; a bare LF
 // is accepted, as textproto does. trace, when not nil, sees each line.
 func readReply(br *bufio.Reader, trace func(string)) (*Reply, error) {
+	return readReplyCached(br, trace, nil)
+}
+
+func readReplyCached(br *bufio.Reader, trace func(string), cache *replyCache) (*Reply, error) {
 	var (
 		code  int
 		lines []string
 	)
+	if cache != nil && cache.reply != nil && br.Buffered() >= len(cache.raw) {
+		// Peek what is already buffered, never wait: on a miss the loop
+		// below reads the line.
+		if raw, err := br.Peek(len(cache.raw)); err == nil && bytes.Equal(raw, cache.raw) {
+			br.Discard(len(raw))
+			if trace != nil {
+				trace(strings.TrimRight(string(raw), "\r\n"))
+			}
+			return cache.reply, nil
+		}
+	}
 	for i := 0; ; i++ {
 		if i == maxReplyLines {
 			return nil, fmt.Errorf("reply longer than %d lines: %w", maxReplyLines, errProtocol)
@@ -125,6 +150,12 @@ func readReply(br *bufio.Reader, trace func(string)) (*Reply, error) {
 		code = c
 		lines = append(lines, text)
 		if !more {
+			if i == 0 && cache != nil {
+				r := newReply(code, lines)
+				cache.raw = append(cache.raw[:0], raw...)
+				cache.reply = r
+				return r, nil
+			}
 			break
 		}
 	}
