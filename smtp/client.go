@@ -263,9 +263,9 @@ type Client struct {
 	lines   []byte
 	pending []pendingRcpt
 	cache   replyCache
-	caps   Caps
-	broken bool
-	closed atomic.Bool
+	caps    Caps
+	broken  bool
+	closed  atomic.Bool
 
 	// mu guards conn (replaced by STARTTLS) and the cancellation state
 	// shared with the context.AfterFunc callback of bind.
