@@ -295,3 +295,35 @@ func TestSinkAbortDuringData(t *testing.T) {
 		t.Errorf("outcome %v, broken %v; want bounce, broken", o, c.Broken())
 	}
 }
+
+// TestSinkMemoryFlat sends 1 MB and 50 MB bodies to smtp-sink (another
+// process, so every allocation counted here is the client's) and checks
+// the client allocates no more for the larger one: memory stays flat as
+// the message grows.
+func TestSinkMemoryFlat(t *testing.T) {
+	addr := startSink(t)
+	c, err := dialSink(t, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	env := &Envelope{From: "n@example.test", Rcpts: rcpts("a@example.test")}
+	if _, err := c.Send(context.Background(), env, strings.NewReader("warm up")); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 64 << 10 // far below either body
+	for _, size := range []int64{1 << 20, 50 << 20} {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		if _, err := c.Send(context.Background(), env, newLineSource(size)); err != nil {
+			t.Fatalf("Send %d octets: %v", size, err)
+		}
+		runtime.ReadMemStats(&after)
+		alloc := after.TotalAlloc - before.TotalAlloc
+		t.Logf("%d MB body: %d octets allocated", size>>20, alloc)
+		if alloc > limit {
+			t.Errorf("%d MB body: %d octets allocated, want at most %d", size>>20, alloc, limit)
+		}
+	}
+}
