@@ -625,9 +625,12 @@ func (c *Client) envelopePipelined(mail string, rcpts []pendingRcpt, res *Result
 	for _, p := range rcpts {
 		r, err := c.reply("RCPT", c.cfg.Timeouts.Rcpt, 2)
 		if r == nil {
-			return false, err
+			return false, errors.Join(mailErr, err)
 		}
 		if mailErr != nil {
+			if c.broken {
+				return false, mailErr
+			}
 			continue // 503s that follow a refused MAIL say nothing of the recipient
 		}
 		res.Rcpts[p.i] = r
