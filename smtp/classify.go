@@ -48,11 +48,12 @@ type RouteError struct {
 	Op string
 	// Permanent is set when the same configuration will fail again.
 	Permanent bool
-	Err       error
+	// Err is the cause: an *Error, a network or TLS error.
+	Err error
 }
 
 func (e *RouteError) Error() string {
-	return fmt.Sprintf("smtp route %s: %s: %v", e.Server, e.Op, e.Err)
+	return "smtp route " + e.Server + ": " + e.Op + ": " + e.Err.Error()
 }
 
 func (e *RouteError) Unwrap() error { return e.Err }

@@ -570,6 +570,9 @@ func (c *Client) Send(ctx context.Context, env *Envelope, body io.Reader) (*Resu
 		lines, err = c.appendRcpt(lines, r)
 		if err != nil {
 			lines = lines[:start]
+			// A local reply, never sent: 553 "mailbox name not allowed"
+			// (RFC 5321 §4.2.3), 5.1.3 "bad destination mailbox address
+			// syntax" (RFC 3463 §3.2).
 			res.Rcpts[i] = &Reply{Code: 553, Enhanced: EnhancedCode{5, 1, 3},
 				Text: "not sent by blaster: " + err.Error()}
 			continue
