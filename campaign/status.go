@@ -90,3 +90,17 @@ func FinishIfDone(ctx context.Context, q Querier, id int64) (bool, error) {
 	}
 	return tag.RowsAffected() == 1, nil
 }
+
+// FinishAllDone marks every running campaign done whose batches are all
+// done. Workers run it now and then to close campaigns whose last batch's
+// worker died between committing and calling FinishIfDone.
+func FinishAllDone(ctx context.Context, q Querier) (int64, error) {
+	tag, err := q.Exec(ctx, `
+		UPDATE campaigns c SET state = 'done', finished_at = now()
+		WHERE c.state = 'running'
+		  AND NOT EXISTS (SELECT 1 FROM batches b WHERE b.campaign_id = c.id AND NOT b.done)`)
+	if err != nil {
+		return 0, fmt.Errorf("finishing done campaigns: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}

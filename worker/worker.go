@@ -95,7 +95,14 @@ func (c Config) validate() error {
 type Worker struct {
 	cfg    Config
 	client *river.Client[pgx.Tx]
+
+	stopSweep context.CancelFunc
+	swept     chan struct{} // closed when the sweeper has returned
 }
+
+// sweepInterval is how often a worker closes campaigns left running by a
+// worker that died after recording their last batch.
+const sweepInterval = 10 * time.Second
 
 // New builds a worker; Start runs it.
 func New(cfg Config) (*Worker, error) {
@@ -141,7 +148,28 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := w.client.Start(ctx); err != nil {
 		return fmt.Errorf("starting River client: %w", err)
 	}
+	sweepCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	w.stopSweep, w.swept = cancel, make(chan struct{})
+	go w.sweep(sweepCtx)
 	return nil
+}
+
+func (w *Worker) sweep(ctx context.Context) {
+	defer close(w.swept)
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if n, err := campaign.FinishAllDone(ctx, w.cfg.Pool); err != nil && ctx.Err() == nil {
+				w.cfg.Logger.Warn("sweeping finished campaigns", "err", err)
+			} else if n > 0 {
+				w.cfg.Logger.Info("closed finished campaigns", "count", n)
+			}
+		}
+	}
 }
 
 // Stop stops fetching jobs, lets the batches in flight finish their SMTP
@@ -149,6 +177,10 @@ func (w *Worker) Start(ctx context.Context) error {
 // on every connection). If ctx ends first, running jobs are cancelled:
 // their unfinished recipients stay in the ledger to be resumed.
 func (w *Worker) Stop(ctx context.Context) error {
+	if w.stopSweep != nil {
+		w.stopSweep()
+		<-w.swept
+	}
 	err := w.client.Stop(ctx)
 	if err != nil {
 		err = errors.Join(err, w.client.StopAndCancel(context.WithoutCancel(ctx)))
