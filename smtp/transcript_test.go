@@ -522,6 +522,13 @@ func TestAuthTranscript(t *testing.T) {
 			wantWire: "AUTH CRAM-MD5\r\ndGltIGI5MTNhNjAyYzdlZGE3YTQ5NWI0ZTZlNzMzNGQzODkw\r\n"},
 		{name: "XOAUTH2", mech: "xoauth2", offer: "XOAUTH2", server: "235 2.7.0 ok\r\n",
 			wantWire: "AUTH XOAUTH2 dXNlcj11c2VyAWF1dGg9QmVhcmVyIHNlY3JldAEB\r\n"},
+		{name: "OAUTHBEARER", mech: "oauthbearer", offer: "OAUTHBEARER XOAUTH2", server: "235 2.7.0 ok\r\n",
+			wantWire: "AUTH OAUTHBEARER bixhPXVzZXIsAWF1dGg9QmVhcmVyIHNlY3JldAEB\r\n"},
+		// RFC 7628 §3.2.3: a failure is a 334 with a JSON error; the
+		// client cancels and the server ends with 535.
+		{name: "OAUTHBEARER refused", mech: "oauthbearer", offer: "OAUTHBEARER",
+			server:   "334 eyJzdGF0dXMiOiJpbnZhbGlkX3Rva2VuIn0=\r\n535 5.7.8 invalid token\r\n",
+			wantWire: "AUTH OAUTHBEARER bixhPXVzZXIsAWF1dGg9QmVhcmVyIHNlY3JldAEB\r\n*\r\n", wantErr: true},
 		{name: "bad password", mech: "plain", offer: "PLAIN", server: "535 5.7.8 Authentication credentials invalid\r\n",
 			wantWire: "AUTH PLAIN AHVzZXIAc2VjcmV0\r\n", wantErr: true},
 		{name: "mechanism not offered", mech: "cram-md5", offer: "PLAIN", wantErr: true},
@@ -548,7 +555,7 @@ func TestAuthTranscript(t *testing.T) {
 			if got := strings.TrimPrefix(sc.wire(), "EHLO client.example.test\r\n"); got != tt.wantWire {
 				t.Errorf("wire = %q, want %q", got, tt.wantWire)
 			}
-			for _, secret := range []string{"AHVzZXIAc2VjcmV0", "c2VjcmV0", "dXNlcj11c2Vy", "dGltIGI5MTNh"} {
+			for _, secret := range []string{"AHVzZXIAc2VjcmV0", "c2VjcmV0", "dXNlcj11c2Vy", "dGltIGI5MTNh", "bixhPXVzZXIsAWF1dGg9"} {
 				if strings.Contains(trace.String(), secret) {
 					t.Errorf("trace shows a credential:\n%s", trace.String())
 				}
