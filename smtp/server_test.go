@@ -420,3 +420,27 @@ func TestGoSMTPStreams20MB(t *testing.T) {
 		t.Errorf("server got %+v, want %d octets", m, size)
 	}
 }
+
+func TestGoSMTPTLSModes(t *testing.T) {
+	ca := newTestCA(t)
+	addr := startServer(t, ca, &backend{}, false)
+	for _, tt := range []struct {
+		mode    TLSMode
+		wantTLS bool
+	}{{TLSOpportunistic, true}, {TLSRequired, true}, {TLSNone, false}} {
+		t.Run(tt.mode.String(), func(t *testing.T) {
+			c, err := Dial(context.Background(), addr, Config{LocalName: "client.example.test", ServerName: "mx.example.test",
+				TLS: tt.mode, TLSConfig: tlsConfig(ca)})
+			if err != nil {
+				t.Fatalf("Dial: %v", err)
+			}
+			defer c.Close()
+			if _, ok := c.TLSState(); ok != tt.wantTLS {
+				t.Errorf("TLS = %v, want %v", ok, tt.wantTLS)
+			}
+			if _, err := c.Send(context.Background(), &Envelope{From: "n@example.test", Rcpts: rcpts("a@example.test")}, strings.NewReader("x")); err != nil {
+				t.Errorf("Send: %v", err)
+			}
+		})
+	}
+}
