@@ -101,6 +101,9 @@ func (s *Sink) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	err := s.server.Shutdown(ctx)
+	if errors.Is(err, context.DeadlineExceeded) {
+		err = s.server.Close() // clients still connected: cut them off
+	}
 	<-s.done
 	if errors.Is(err, gosmtp.ErrServerClosed) {
 		err = nil

@@ -96,7 +96,17 @@ func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatch
 	switch state {
 	case campaign.Paused:
 		return river.JobSnooze(w.pauseWait)
-	case campaign.Cancelled, campaign.Done, campaign.Draft:
+	case campaign.Cancelled:
+		// Recipients put back by a run that saw the cancel never go out.
+		if _, err := w.pool.Exec(ctx, `
+			WITH c AS (
+				UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, updated_at = now()
+				WHERE campaign_id = $1 AND batch_no = $2 AND state IN ('queued', 'deferred'))
+			UPDATE batches SET done = true WHERE campaign_id = $1 AND batch_no = $2`, args.CampaignID, args.BatchNo); err != nil {
+			return fmt.Errorf("cancelling campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+		}
+		return river.JobCancel(fmt.Errorf("campaign %d is cancelled", args.CampaignID))
+	case campaign.Done, campaign.Draft:
 		return river.JobCancel(fmt.Errorf("campaign %d is %s", args.CampaignID, state))
 	}
 
@@ -257,7 +267,16 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 
 	if b.cc.tmpl.Personalized() {
 		var buf bytes.Buffer
+		checked := w.now()
 		for i, r := range rcpts {
+			// A pause or cancel takes hold between transactions, not only
+			// between batches: the state is read again every pauseWait.
+			if w.now().Sub(checked) >= w.pauseWait {
+				checked = w.now()
+				if running, err := w.stillRunning(ctx, b.cc.c.ID); err != nil || !running {
+					return w.putBack(ctx, b, rcpts[i:], w.pauseWait, err)
+				}
+			}
 			if wait, err := w.acquire(ctx, b, 1); err != nil || wait > 0 {
 				return w.putBack(ctx, b, rcpts[i:], wait, err)
 			}
@@ -288,6 +307,16 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 	}
 	lastErr = w.transact(ctx, b, sess, rcpts, body)
 	return 0, nil
+}
+
+// stillRunning reports whether the campaign is still running (not paused
+// or cancelled).
+func (w *sendWorker) stillRunning(ctx context.Context, id int64) (bool, error) {
+	var state campaign.State
+	if err := w.pool.QueryRow(ctx, "SELECT state FROM campaigns WHERE id = $1", id).Scan(&state); err != nil {
+		return false, fmt.Errorf("reading state of campaign %d: %w", id, err)
+	}
+	return state == campaign.Running, nil
 }
 
 func (w *sendWorker) acquire(ctx context.Context, b *batch, n int) (time.Duration, error) {
@@ -469,20 +498,34 @@ func (w *sendWorker) record(ctx context.Context, b *batch) error {
 		return err
 	}
 	args := b.job.Args
-	var next *time.Time
-	err = tx.QueryRow(ctx, `
-		SELECT min(next_attempt_at) FROM deliveries
-		WHERE campaign_id = $1 AND batch_no = $2 AND state = 'deferred'`, args.CampaignID, args.BatchNo).Scan(&next)
-	if err != nil {
-		return fmt.Errorf("reading deferred recipients of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	// A campaign cancelled while this batch was in flight: what this run
+	// deferred will never be retried.
+	if _, err := tx.Exec(ctx, `
+		UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, updated_at = now()
+		WHERE campaign_id = $1 AND batch_no = $2 AND state IN ('queued', 'deferred')
+		  AND (SELECT state FROM campaigns WHERE id = $1) = 'cancelled'`, args.CampaignID, args.BatchNo); err != nil {
+		return fmt.Errorf("cancelling campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 	}
-	if next != nil {
+	var next *time.Time
+	var waiting int
+	err = tx.QueryRow(ctx, `
+		SELECT min(next_attempt_at) FILTER (WHERE state = 'deferred'),
+		       count(*) FILTER (WHERE state IN ('queued', 'sending'))
+		FROM deliveries WHERE campaign_id = $1 AND batch_no = $2`, args.CampaignID, args.BatchNo).Scan(&next, &waiting)
+	if err != nil {
+		return fmt.Errorf("reading pending recipients of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	switch {
+	case waiting > 0:
+		// Requeued meanwhile (campaign retry), which enqueued a job of its
+		// own for them: leave the batch open, schedule nothing.
+	case next != nil:
 		opts := campaign.JobOpts(b.cc.c.Kind)
 		opts.ScheduledAt = *next
 		if _, err := river.ClientFromContext[pgx.Tx](ctx).InsertTx(ctx, tx, args, opts); err != nil {
 			return fmt.Errorf("scheduling retry of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 		}
-	} else {
+	default:
 		if _, err := tx.Exec(ctx, `UPDATE batches SET done = true WHERE campaign_id = $1 AND batch_no = $2`,
 			args.CampaignID, args.BatchNo); err != nil {
 			return fmt.Errorf("closing campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
@@ -503,7 +546,7 @@ func (w *sendWorker) record(ctx context.Context, b *batch) error {
 	// After the commit, not in it: two last batches committing at once
 	// would each see the other still pending. Whichever commits last sees
 	// both done here.
-	if next == nil {
+	if next == nil && waiting == 0 {
 		if _, err := campaign.FinishIfDone(ctx, w.pool, args.CampaignID); err != nil {
 			return err
 		}
