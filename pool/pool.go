@@ -29,7 +29,7 @@ var ErrClosed = errors.New("pool closed")
 // Defaults applied by Config.WithDefaults.
 const (
 	DefaultMaxConns       = 4
-	DefaultMaxMessages    = 100
+	DefaultMaxMessages    = 1000
 	DefaultIdleTimeout    = 60 * time.Second
 	DefaultCheckAfter     = 5 * time.Second
 	DefaultCommandTimeout = 30 * time.Second
@@ -53,8 +53,10 @@ type Config[C Conn] struct {
 	// this many times: one Put counts as one message, PutSent as many as it
 	// says. Many servers limit messages per connection (Postfix's
 	// smtpd_client_message_rate_limit, Exchange's 20 by default) and recycling
-	// spreads load across a relay's nodes. Default DefaultMaxMessages (100);
-	// negative means no limit.
+	// spreads load across a relay's nodes. Default DefaultMaxMessages (1000:
+	// ten personalized batches, so a connection outlives the batch that
+	// opened it; Postfix's client sets no count limit at all); negative
+	// means no limit.
 	MaxMessages int
 
 	// IdleTimeout retires a connection that has been idle for longer than

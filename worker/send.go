@@ -371,8 +371,9 @@ func (w *sendWorker) transact(ctx context.Context, b *batch, sess transport.Sess
 				rr = res.Rcpts[i]
 			}
 			switch {
-			case rr != nil && rr.Code == 452 && len(again) < i:
-				// Accepted nothing more in this transaction; retry now.
+			case rr != nil && rr.Code == 452:
+				// Too many recipients for this transaction: the next one,
+				// on the same connection, at once.
 				again = append(again, r)
 			case rr != nil && rr.Code >= 400:
 				b.outcomes = append(b.outcomes, w.replyOutcome(b, r, rr))

@@ -288,3 +288,32 @@ func relayTransport(t *testing.T, addr string) transport.Transport {
 	}
 	return tr
 }
+
+// TestTooManyRecipients: a server that takes 30 recipients per transaction
+// answers 452 to the rest (RFC 5321 §4.5.3.1.10); they go in the next
+// transactions on the same connection, and everyone gets the message once.
+func TestTooManyRecipients(t *testing.T) {
+	pool := dbtest.Pool(t)
+	emails := seedList(t, pool, "news", 200)
+	srv := sink.New(sink.Config{Record: true, MaxRecipients: 30})
+	if err := srv.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	runWorker(t, pool, relayTransport(t, srv.Addr()))
+	id := createCampaign(t, pool, "news", false)
+	start(t, pool, id)
+	if st := waitDone(t, pool, id); st.Sent != 200 {
+		t.Fatalf("status %+v, want 200 sent", st)
+	}
+	got := srv.Received()
+	for _, e := range emails {
+		if got[e] != 1 {
+			t.Fatalf("%s received %d times, want once", e, got[e])
+		}
+	}
+	// 5 domains x 40 recipients = 5 batches of 40: 30 + 10 each.
+	if st := srv.Stats(); st.Messages != 10 {
+		t.Fatalf("server saw %d transactions, want 10 (30 + 10 per batch)", st.Messages)
+	}
+}
