@@ -58,7 +58,7 @@ func TestDemo(t *testing.T) {
 	for run := 1; run <= 2; run++ {
 		var stdout, stderr bytes.Buffer
 		a := &app{stdout: &stdout, stderr: &stderr, logger: newLogger(&stderr, "warn"), databaseURL: url}
-		err := runDemo(ctx, a, demoOptions{dir: dir, contacts: n, workers: 4, timeout: 2 * time.Minute,
+		err := runDemo(ctx, a, demoOptions{dir: dir, contacts: n, workers: 4, timeout: time.Minute,
 			sinkCommand: helperSinkCommand})
 		if err != nil {
 			t.Fatalf("run %d: %v\nstdout:\n%s\nstderr:\n%s", run, err, &stdout, &stderr)
