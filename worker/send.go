@@ -362,7 +362,8 @@ func (w *sendWorker) transact(ctx context.Context, b *batch, sess transport.Sess
 		}
 		res, err := sess.Send(ctx, env, bytes.NewReader(body))
 		if w.throttle != nil {
-			w.throttle.Observe(b.key, err)
+			// Rate limits answered to a RCPT count as much as to DATA.
+			w.throttle.Observe(b.key, throttle.ResultError(res, err))
 		}
 		var again []recipient
 		for i, r := range rcpts {

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/blaster-mail/blaster/throttle"
 	"github.com/blaster-mail/blaster/unsubscribe"
 	"github.com/blaster-mail/blaster/worker"
 )
@@ -18,6 +20,7 @@ func newWorkerCmd(a *app) *cobra.Command {
 		cfg          worker.Config
 		stopTimeout  time.Duration
 		unsubKeyFile string
+		throttleFile string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -48,6 +51,23 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 			} else if unsubKeyFile != "" {
 				return err
 			}
+			tcfg, err := throttle.LoadConfig(throttleFile)
+			if err != nil {
+				return err
+			}
+			tcfg.Pool = pool
+			if tf.mx {
+				tcfg.MXHostsFunc = throttle.MXHosts(net.DefaultResolver.LookupMX)
+			}
+			lim, err := throttle.New(tcfg)
+			if err != nil {
+				return err
+			}
+			if err := lim.Start(ctx); err != nil {
+				return err
+			}
+			defer lim.Stop()
+			cfg.Throttle = lim
 			cfg.Pool = pool
 			cfg.Transport = tr
 			cfg.Logger = a.logger
@@ -79,6 +99,8 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 	f.IntVar(&cfg.AlertWorkers, "alert-workers", 8, "alert batches sent at once")
 	f.DurationVar(&cfg.JobTimeout, "batch-timeout", 5*time.Minute, "longest one batch may take")
 	f.DurationVar(&stopTimeout, "stop-timeout", 2*time.Minute, "how long to wait for transactions in flight on SIGINT/SIGTERM")
+	f.StringVar(&throttleFile, "throttle-config", os.Getenv("BLASTER_THROTTLE_CONFIG"),
+		"TOML file of rates, connection caps and back-off rules (default: the shipped throttle/default.toml)")
 	f.StringVar(&unsubKeyFile, "unsubscribe-key-file", "", "file with the one-click unsubscribe token key (else $BLASTER_UNSUBSCRIBE_KEY)")
 	f.DurationVar(&cfg.FetchInterval, "poll-interval", 0, "how often to poll for jobs besides LISTEN/NOTIFY (default 1s)")
 	return cmd
