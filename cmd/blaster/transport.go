@@ -2,9 +2,11 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"strings"
 
+	"github.com/BurntSushi/toml"
 	"github.com/spf13/pflag"
 
 	"github.com/blaster-mail/blaster/transport"
@@ -19,9 +21,62 @@ type transportFlags struct {
 	mx           bool
 	mxPort       int
 	localName    string
+	configFile   string
+}
+
+// transportFile is the [transport] table of a worker config file (TOML):
+//
+//	[transport]
+//	relays = ["smtp://mailer@relay.example.test:587", "smtp://backup.example.test:587"]
+//	# or: mx = true / pickup = "/var/spool/blaster/pickup"
+//	helo = "mailer.example.test"
+//
+// Flags given on the command line win over the file.
+type transportFile struct {
+	Transport struct {
+		Relays []string `toml:"relays"`
+		Pickup string   `toml:"pickup"`
+		MX     bool     `toml:"mx"`
+		MXPort int      `toml:"mx_port"`
+		Helo   string   `toml:"helo"`
+	} `toml:"transport"`
+}
+
+// loadFile fills the settings not given as flags from the config file.
+func (tf *transportFlags) loadFile(f *pflag.FlagSet) error {
+	if tf.configFile == "" {
+		return nil
+	}
+	var cfg transportFile
+	md, err := toml.DecodeFile(tf.configFile, &cfg)
+	if err != nil {
+		return fmt.Errorf("reading config %s: %w", tf.configFile, err)
+	}
+	if undec := md.Undecoded(); len(undec) > 0 {
+		return fmt.Errorf("config %s: unknown setting %s", tf.configFile, undec[0])
+	}
+	t := cfg.Transport
+	if !f.Changed("relay") && len(t.Relays) > 0 {
+		tf.relays = t.Relays
+	}
+	if !f.Changed("pickup") && t.Pickup != "" {
+		tf.pickup = t.Pickup
+	}
+	if !f.Changed("mx") && t.MX {
+		tf.mx = true
+	}
+	if !f.Changed("mx-port") && t.MXPort != 0 {
+		tf.mxPort = t.MXPort
+	}
+	if !f.Changed("helo") && t.Helo != "" {
+		tf.localName = t.Helo
+	}
+	return nil
 }
 
 func (tf *transportFlags) register(f *pflag.FlagSet) {
+	f.StringVar(&tf.configFile, "config", os.Getenv("BLASTER_CONFIG"),
+		"TOML config file with a [transport] table (relays, mx, pickup, helo); flags win over it")
 	f.StringArrayVar(&tf.relays, "relay", nil,
 		"relay URL smtp://[user@]host[:port] or smtps://…, repeatable for failover (default $BLASTER_RELAY, comma separated)")
 	f.StringVar(&tf.passwordFile, "relay-password-file", "", "file holding the relay password (else $BLASTER_RELAY_PASSWORD)")

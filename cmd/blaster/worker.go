@@ -42,6 +42,9 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 			if err != nil {
 				return err
 			}
+			if err := tf.loadFile(cmd.Flags()); err != nil {
+				return err
+			}
 			tr, err := tf.build(a)
 			if err != nil {
 				return err
