@@ -6,12 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,6 +17,7 @@ import (
 	"github.com/blaster-mail/blaster/campaign"
 	"github.com/blaster-mail/blaster/contact"
 	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/sink"
 	"github.com/blaster-mail/blaster/smtp"
 	"github.com/blaster-mail/blaster/transport"
@@ -577,18 +573,11 @@ func TestParseStates(t *testing.T) {
 // independent SMTP implementation: its own dump of every transaction's
 // recipients shows the retried recipients twice and everyone else once.
 func TestRetrySmtpSink(t *testing.T) {
-	bin := "/usr/sbin/smtp-sink"
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("smtp-sink missing in CI: %v", err)
-		}
-		t.Skip("smtp-sink not installed (Debian package postfix)")
-	}
+	ss := smtptest.StartSmtpSink(t)
 	pool := dbtest.Pool(t)
 	ctx := context.Background()
 	emails := seedList(t, pool, "news", 30)
-	addr, dump := startSmtpSink(t, bin)
-	runWorker(t, pool, relayTransport(t, addr))
+	runWorker(t, pool, relayTransport(t, ss.Addr))
 	id := startCampaign(t, pool, "news", 10)
 	waitDone(t, pool, id)
 
@@ -608,62 +597,5 @@ func TestRetrySmtpSink(t *testing.T) {
 	for _, e := range retried {
 		want[e] = 2
 	}
-	exactlyOnce(t, smtpSinkRecipients(t, dump), emails, want)
-}
-
-// startSmtpSink runs smtp-sink on a free loopback port, dumping every
-// transaction to one file (as worker/worker_test.go does), and returns its
-// address and the dump's path.
-func startSmtpSink(t *testing.T, bin string) (addr, dump string) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr = ln.Addr().String()
-	ln.Close()
-	// smtp-sink runs as nobody (-u) and must reach and write the dump:
-	// t.TempDir's parent is private, so the directory goes directly in /tmp.
-	dir, err := os.MkdirTemp("", "smtp-sink-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o777)
-	dump = filepath.Join(dir, "dump")
-	args := []string{"-D", dump, addr, "256"}
-	if os.Geteuid() == 0 {
-		args = append([]string{"-u", "nobody"}, args...)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	waitFor(t, "smtp-sink answers on "+addr, func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	return addr, dump
-}
-
-// smtpSinkRecipients counts each recipient in smtp-sink's dump.
-func smtpSinkRecipients(t *testing.T, dump string) map[string]int {
-	t.Helper()
-	b, err := os.ReadFile(dump)
-	if err != nil {
-		t.Fatal(err)
-	}
-	got := map[string]int{}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "X-Rcpt-Args: <"); ok {
-			a, _, _ := strings.Cut(rest, ">")
-			got[a]++
-		}
-	}
-	return got
+	exactlyOnce(t, ss.Recipients(t), emails, want)
 }

@@ -1,18 +1,12 @@
 package worker_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -21,6 +15,7 @@ import (
 
 	"github.com/blaster-mail/blaster/campaign"
 	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/sink"
 	"github.com/blaster-mail/blaster/transport"
 	"github.com/blaster-mail/blaster/worker"
@@ -171,83 +166,22 @@ func TestEndToEndGoSMTP(t *testing.T) {
 // independent SMTP implementation, and reads back its dump of every
 // transaction's recipients.
 func TestEndToEndSmtpSink(t *testing.T) {
-	bin := "/usr/sbin/smtp-sink"
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("smtp-sink missing in CI: %v", err)
-		}
-		t.Skip("smtp-sink not installed (Debian package postfix)")
-	}
+	ss := smtptest.StartSmtpSink(t)
 	pool := dbtest.Pool(t)
 	emails := seedList(t, pool, "news", 1000)
-	addr, dump := startSmtpSink(t, bin)
 
-	runWorker(t, pool, relayTransport(t, addr))
+	runWorker(t, pool, relayTransport(t, ss.Addr))
 	id := createCampaign(t, pool, "news", true)
 	start(t, pool, id)
 	st := waitDone(t, pool, id)
 	if st.Sent != 1000 {
 		t.Fatalf("status = %+v, want 1000 sent", st)
 	}
-	got := map[string]int{}
-	f, err := os.Open(dump)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "X-Rcpt-Args: <"); ok {
-			addr, _, _ := strings.Cut(rest, ">")
-			got[addr]++
-		}
-	}
+	got := ss.Recipients(t)
 	for _, e := range emails {
 		if got[e] != 1 {
 			t.Fatalf("smtp-sink got %s %d times, want once", e, got[e])
 		}
-	}
-}
-
-// startSmtpSink runs smtp-sink on a free loopback port, dumping every
-// transaction to one file, and returns its address and the dump's path.
-func startSmtpSink(t *testing.T, bin string) (addr, dump string) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr = ln.Addr().String()
-	ln.Close()
-	// smtp-sink runs as nobody (-u) and must be able to write its dump.
-	dir, err := os.MkdirTemp("", "smtp-sink-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	os.Chmod(dir, 0o777)
-	dump = filepath.Join(dir, "dump")
-	args := []string{"-D", dump, addr, "256"}
-	if os.Geteuid() == 0 {
-		args = append([]string{"-u", "nobody"}, args...)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stderr = os.Stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-			return addr, dump
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("smtp-sink not answering on %s: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 
