@@ -133,8 +133,9 @@ type Group struct {
 type Config struct {
 	// AlertReserve is the share of every rate kept for alert traffic
 	// (Key.Alert): newsletters may use at most (1-AlertReserve) of a rate,
-	// alerts all of it. Default 0.2; 0 < AlertReserve < 1. A negative value
-	// reserves nothing.
+	// less what alerts take; alerts may use all of it. Default 0.2;
+	// 0 < AlertReserve < 1. A negative value reserves nothing (and gives
+	// alerts no priority).
 	AlertReserve float64 `toml:"alert_reserve"`
 	// MaxWait is the longest Acquire waits for budget; when budget is
 	// further off, Acquire returns the wait instead (and the batch is

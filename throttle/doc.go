@@ -17,8 +17,11 @@
 // # Alerts first
 //
 // Alerts (Key.Alert) draw from a scope's whole rate; newsletters draw from
-// it and also from a second bucket holding (1 - AlertReserve) of it, so
-// newsletters at full speed still leave the reserve to alerts.
+// it and also from a second bucket holding (1 - AlertReserve) of it, which
+// alerts are charged to as well (into debt of at most its burst). So
+// newsletters never use the reserve, and only use what alerts leave of the
+// rest: an alert blast started during a newsletter goes out at the full
+// rate at once, and the newsletter resumes as the alert ends.
 //
 // # Back-off
 //

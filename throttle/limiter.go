@@ -153,7 +153,11 @@ func (l *Limiter) ownSuspension(scopes []string, now time.Time) time.Duration {
 }
 
 // rateBuckets are the message-rate buckets of refs: each limited scope's
-// total, and for newsletters its newsletter share.
+// total and its newsletter share, (1-AlertReserve) of it. Newsletters need
+// tokens from both; alerts from the total only, and are charged to the
+// newsletter share as well (see bucket.debit): newsletters never use the
+// reserve, and use only what alerts leave of the rest, so an alert blast
+// goes out first, at the full rate.
 func (l *Limiter) rateBuckets(refs []scopeRef, alert bool) []bucket {
 	var bs []bucket
 	for _, r := range refs {
@@ -162,9 +166,9 @@ func (l *Limiter) rateBuckets(refs []scopeRef, alert bool) []bucket {
 		}
 		b := bucket{name: r.name, scope: r.name, rate: r.lim.Rate, burst: r.lim.burst()}
 		bs = append(bs, b)
-		if res := l.cfg.AlertReserve; !alert && res > 0 {
+		if res := l.cfg.AlertReserve; res > 0 {
 			bs = append(bs, bucket{name: r.name + "/bulk", scope: r.name, rate: b.rate * (1 - res),
-				burst: max(1, int(float64(b.burst)*(1-res)))})
+				burst: max(1, int(float64(b.burst)*(1-res))), debit: alert})
 		}
 	}
 	return bs

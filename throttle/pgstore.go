@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -60,6 +59,7 @@ func (s *pgStore) ensure(ctx context.Context, bs []bucket, now time.Time) error 
 	s.mu.Lock()
 	var todo []bucket
 	for _, b := range bs {
+		b.debit = false
 		if !s.ensured[b] {
 			todo = append(todo, b)
 		}
@@ -88,25 +88,35 @@ func (s *pgStore) cache(bs []bucket, scopes []string) *leaseCache {
 	for _, b := range bs {
 		names = append(names, b.name)
 	}
-	names = append(names, "|")
-	names = append(names, scopes...)
-	k := strings.Join(names, "\x00")
+	k := make([]string, 0, len(bs)+len(scopes)+1)
+	for _, b := range bs {
+		if b.debit {
+			k = append(k, "debit:"+b.name)
+		} else {
+			k = append(k, b.name)
+		}
+	}
+	k = append(k, "|")
+	key := strings.Join(append(k, scopes...), "\x00")
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	c := s.caches[k]
+	c := s.caches[key]
 	if c == nil {
-		c = &leaseCache{minRate: math.Inf(1), buckets: slices.Clone(names[:len(bs)])}
+		c = &leaseCache{minRate: math.Inf(1), buckets: names}
 		for _, b := range bs {
-			c.minRate = min(c.minRate, b.rate)
+			if !b.debit {
+				c.minRate = min(c.minRate, b.rate)
+			}
 		}
-		s.caches[k] = c
+		s.caches[key] = c
 	}
 	return c
 }
 
-// leaseSQL takes up to $2 tokens from every bucket named in $1, all or the
-// same number from each, giving back $5 tokens first; nothing while a scope
-// in $4 is suspended. $3 is the time (NULL: the database's). It returns
+// leaseSQL takes up to $2 tokens from every bucket named in $1, the same
+// number from each, giving back $5 tokens first; nothing while a scope in
+// $4 is suspended. Buckets also named in $7 (debit) do not limit the grant
+// but are charged for it, into debt down to minus their burst. $3 is the time (NULL: the database's). It returns
 // the grant, the time, how long in seconds until $6 tokens could be
 // granted, the smallest effective rate, and the latest suspension. (The
 // UPDATE in u runs whether or not the SELECT reads it.)
@@ -114,7 +124,7 @@ const leaseSQL = `
 WITH t AS (SELECT coalesce($3::timestamptz, clock_timestamp()) AS now),
 s AS (SELECT scope, factor, suspended_until, reason FROM throttle_scopes WHERE scope = ANY($4::text[])),
 cur AS (
-	SELECT b.name, b.rate * coalesce(s.factor, 1) AS eff,
+	SELECT b.name, coalesce(b.name = ANY($7::text[]), false) AS debit, b.burst, b.rate * coalesce(s.factor, 1) AS eff,
 	       least(b.burst, b.tokens + $5::int
 	             + b.rate * coalesce(s.factor, 1) * greatest(0, extract(epoch FROM t.now - b.updated_at)::float8)) AS avail
 	FROM throttle_buckets b CROSS JOIN t LEFT JOIN s ON s.scope = b.scope
@@ -124,17 +134,20 @@ cur AS (
 ),
 g AS (
 	SELECT CASE WHEN EXISTS (SELECT 1 FROM s, t WHERE s.suspended_until > t.now) THEN 0
-	            ELSE greatest(0, least($2::int, floor(coalesce(min(cur.avail), $2::int))))::int END AS granted
+	            ELSE greatest(0, least($2::int, floor(coalesce(min(cur.avail) FILTER (WHERE NOT cur.debit), $2::int))))::int
+	       END AS granted
 	FROM cur
 ),
 u AS (
-	UPDATE throttle_buckets b SET tokens = cur.avail - g.granted, updated_at = greatest(b.updated_at, t.now)
+	UPDATE throttle_buckets b
+	SET tokens = CASE WHEN cur.debit THEN greatest(-cur.burst, cur.avail - g.granted) ELSE cur.avail - g.granted END,
+	    updated_at = greatest(b.updated_at, t.now)
 	FROM cur, g, t WHERE b.name = cur.name
 	RETURNING b.name
 )
 SELECT g.granted, t.now,
-       coalesce((SELECT max(greatest(0, $6::int - cur.avail) / cur.eff) FROM cur), 0),
-       coalesce((SELECT min(cur.eff) FROM cur), 0),
+       coalesce((SELECT max(greatest(0, $6::int - cur.avail) / cur.eff) FROM cur WHERE NOT cur.debit), 0),
+       coalesce((SELECT min(cur.eff) FROM cur WHERE NOT cur.debit), 0),
        (SELECT max(suspended_until) FROM s)
 FROM g, t`
 
@@ -165,8 +178,12 @@ func (s *pgStore) take(ctx context.Context, bs []bucket, scopes []string, n int,
 	}
 	want := max(need, slice)
 	names := make([]string, len(bs))
+	var debit []string
 	for i, b := range bs {
 		names[i] = b.name
+		if b.debit {
+			debit = append(debit, b.name)
+		}
 	}
 	var (
 		granted  int
@@ -175,7 +192,7 @@ func (s *pgStore) take(ctx context.Context, bs []bucket, scopes []string, n int,
 		minEff   float64
 		susp     *time.Time
 	)
-	err := s.pool.QueryRow(ctx, leaseSQL, names, want, s.ts(now), scopes, back, need).
+	err := s.pool.QueryRow(ctx, leaseSQL, names, want, s.ts(now), scopes, back, need, debit).
 		Scan(&granted, &dbNow, &waitSecs, &minEff, &susp)
 	if err != nil {
 		c.tokens += back // not given back after all

@@ -16,6 +16,10 @@ type bucket struct {
 	scope string
 	rate  float64 // configured tokens per second, > 0
 	burst int
+	// debit marks a bucket that does not limit this take but is charged
+	// for it, into debt down to -burst: an alert's charge to the
+	// newsletter share, so that newsletters only use what alerts leave.
+	debit bool
 }
 
 // adaptation is a back-off decision applied to one scope: its rate factor
@@ -97,6 +101,7 @@ func newMemStore() *memStore {
 // limiter returns b's limiter, created full, retuned when the
 // configuration changed.
 func (s *memStore) limiter(b bucket, now time.Time) *rate.Limiter {
+	b.debit = false // a property of the take, not of the bucket
 	mb := s.buckets[b.name]
 	if mb == nil {
 		mb = &memBucket{bucket: b, lim: rate.NewLimiter(rate.Limit(b.rate*s.factor(b.scope)), b.burst)}
@@ -130,8 +135,13 @@ func (s *memStore) take(ctx context.Context, bs []bucket, scopes []string, n int
 		return false, wait, nil
 	}
 	var rs []*rate.Reservation
+	var debits []*rate.Limiter
 	for _, b := range bs {
 		lim := s.limiter(b, now)
+		if b.debit {
+			debits = append(debits, lim)
+			continue
+		}
 		// ReserveN refuses more than the burst at once: reserve in
 		// burst-sized pieces, each going into debt after the last.
 		for left := n; left > 0; {
@@ -147,6 +157,16 @@ func (s *memStore) take(ctx context.Context, bs []bucket, scopes []string, n int
 			rs[i].CancelAt(now)
 		}
 		return false, wait, nil
+	}
+	for _, lim := range debits {
+		// Charge n, but leave no more debt than one burst.
+		if k := min(n, int(lim.TokensAt(now))+lim.Burst()); k > 0 {
+			for left := k; left > 0; {
+				c := min(left, lim.Burst())
+				lim.ReserveN(now, c)
+				left -= c
+			}
+		}
 	}
 	return true, wait, nil
 }
