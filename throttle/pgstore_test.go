@@ -191,30 +191,39 @@ func TestSharedAlertReserve(t *testing.T) {
 	}
 	news := Key{Route: relay, Domain: "example.test", Campaign: 1}
 	alert := Key{Route: relay, Domain: "example.test", Campaign: 2, Alert: true}
-	nn, na := 0, 0
-	for step := 0; step < 200; step++ { // 10s in 50ms steps
-		for _, l := range ls[:2] {
-			for k := 0; ; k++ {
-				if k == 10000 {
-					t.Fatal("newsletters never refused")
+	// run drives the newsletter processes and, when alerts is set, the
+	// alert process greedily for 10s in 50ms steps.
+	run := func(alerts bool) (nn, na int) {
+		for step := 0; step < 200; step++ {
+			for _, l := range ls[:2] {
+				for k := 0; ; k++ {
+					if k == 10000 {
+						t.Fatal("newsletters never refused")
+					}
+					if w := acquire(t, l, news, 1); w > 0 {
+						break
+					}
+					nn++
 				}
-				if w := acquire(t, l, news, 1); w > 0 {
+			}
+			for k := 0; alerts; k++ {
+				if k == 10000 {
+					t.Fatal("alerts never refused")
+				}
+				if w := acquire(t, ls[2], alert, 1); w > 0 {
 					break
 				}
-				nn++
+				na++
 			}
+			clk.Advance(50 * time.Millisecond)
 		}
-		for k := 0; ; k++ {
-			if k == 10000 {
-				t.Fatal("alerts never refused")
-			}
-			if w := acquire(t, ls[2], alert, 1); w > 0 {
-				break
-			}
-			na++
-		}
-		clk.Advance(50 * time.Millisecond)
+		return nn, na
 	}
+	// Newsletters alone: 80 of the 100/s.
+	if nn, _ := run(false); nn < 790 || nn > 810 {
+		t.Fatalf("newsletters alone got %d in 10s at 100/s with 20%% reserved, want ~800", nn)
+	}
+	nn, na := run(true)
 	if na < 970 || nn+na > 1010 {
 		t.Fatalf("newsletters %d, alerts %d in 10s at 100/s: want alerts first, nearly all", nn, na)
 	}
