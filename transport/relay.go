@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -62,7 +63,7 @@ type RelayConfig struct {
 	// cram-md5; "" picks the best the server offers (smtp.NewAuth).
 	Auth string
 	// MaxConns caps the connections open to this relay; 0 means
-	// pool.DefaultMaxConns.
+	// DefaultRelayMaxConns.
 	MaxConns int
 	// MaxMessages retires a connection after that many messages; 0 means
 	// pool.DefaultMaxMessages, -1 no limit.
@@ -384,6 +385,14 @@ type RelayOptions struct {
 	NowFunc func() time.Time
 }
 
+// DefaultRelayMaxConns is a relay's connection cap when its URL gives no
+// max_conns: as many as `blaster worker` runs newsletter batches at once
+// by default, so no batch waits for a connection while holding its job.
+// A relay is one operator-chosen server built for many sessions (Postfix's
+// default_process_limit is 100), unlike an MX host, whose pools keep
+// pool.DefaultMaxConns.
+const DefaultRelayMaxConns = 16
+
 // DefaultRetryAfter is RelayOptions.RetryAfter's default.
 const DefaultRetryAfter = time.Minute
 
@@ -438,7 +447,7 @@ func NewRelay(cfgs []RelayConfig, opts RelayOptions) (*Relay, error) {
 			Dial: func(ctx context.Context) (*smtp.Client, error) {
 				return smtp.Dial(ctx, addr, cc)
 			},
-			MaxConns:    c.MaxConns,
+			MaxConns:    cmp.Or(c.MaxConns, DefaultRelayMaxConns),
 			MaxMessages: c.MaxMessages,
 			IdleTimeout: opts.IdleTimeout,
 			CheckAfter:  opts.CheckAfter,

@@ -254,6 +254,10 @@ func stringAttrs(m map[string]any) map[string]string {
 // yet attempted were put back to queued and the job should be snoozed.
 func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (snooze time.Duration, err error) {
 	sess, err := w.transport.Session(ctx, b.domain)
+	if err != nil && ctx.Err() != nil {
+		// Stopping, not failing: nothing was attempted.
+		return w.putBack(ctx, b, rcpts, 0, ctx.Err())
+	}
 	if err != nil {
 		if w.throttle != nil {
 			w.throttle.Observe(b.key, err)

@@ -79,7 +79,9 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 				tr.Close()
 				return err
 			}
-			if err := w.Start(ctx); err != nil {
+			// River's work contexts derive from Start's: detach it from the
+			// signal so SIGTERM means the soft Stop below, not cancelled SMTP.
+			if err := w.Start(context.WithoutCancel(ctx)); err != nil {
 				tr.Close()
 				return err
 			}
