@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/blaster-mail/blaster/campaign"
@@ -135,6 +136,17 @@ func parseID(s string) (int64, error) {
 	return id, nil
 }
 
+// campaignArg parses a command's campaign id argument and opens the
+// database.
+func (a *app) campaignArg(cmd *cobra.Command, arg string) (int64, *pgxpool.Pool, error) {
+	id, err := parseID(arg)
+	if err != nil {
+		return 0, nil, err
+	}
+	pool, err := a.db(cmd.Context())
+	return id, pool, err
+}
+
 func newCampaignStartCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "start ID",
@@ -145,15 +157,11 @@ one destination domain, and a send job per batch. Starting twice does nothing
 the second time.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
+			id, pool, err := a.campaignArg(cmd, args[0])
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			pool, err := a.db(ctx)
-			if err != nil {
-				return err
-			}
 			rc, err := worker.InsertClient(pool)
 			if err != nil {
 				return err
@@ -182,11 +190,7 @@ func newCampaignStatusCmd(a *app) *cobra.Command {
 		Short: "Show a campaign's state and a count per delivery state",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			pool, err := a.db(cmd.Context())
+			id, pool, err := a.campaignArg(cmd, args[0])
 			if err != nil {
 				return err
 			}

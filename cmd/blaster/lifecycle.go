@@ -24,11 +24,7 @@ again every second); transactions already in flight finish and are recorded.
 'campaign resume' goes on exactly where it stopped.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			pool, err := a.db(cmd.Context())
+			id, pool, err := a.campaignArg(cmd, args[0])
 			if err != nil {
 				return err
 			}
@@ -47,15 +43,11 @@ func newCampaignResumeCmd(a *app) *cobra.Command {
 		Short: "Let a paused campaign go on where it stopped",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
+			id, pool, err := a.campaignArg(cmd, args[0])
 			if err != nil {
 				return err
 			}
 			ctx := cmd.Context()
-			pool, err := a.db(ctx)
-			if err != nil {
-				return err
-			}
 			if err := campaign.Resume(ctx, pool, id); err != nil {
 				return err
 			}
@@ -82,11 +74,7 @@ waiting for a retry is marked cancelled and will not be sent; transactions in
 flight finish and are recorded. A cancelled campaign cannot be resumed.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			pool, err := a.db(cmd.Context())
+			id, pool, err := a.campaignArg(cmd, args[0])
 			if err != nil {
 				return err
 			}
