@@ -560,13 +560,11 @@ has an outcome for, so retrying a completed batch sends nothing twice.`,
 			if err != nil {
 				return err
 			}
-			for _, id := range ids {
-				if _, err := rc.JobRetry(ctx, id); err != nil {
-					if errors.Is(err, river.ErrNotFound) {
-						return fmt.Errorf("retrying job %d: not found", id)
-					}
-					return fmt.Errorf("retrying job %d: %w", id, err)
-				}
+			if err := eachJob(ids, "retrying", func(id int64) error {
+				_, err := rc.JobRetry(ctx, id)
+				return err
+			}); err != nil {
+				return err
 			}
 			fmt.Fprintf(a.stdout, "retried %d %s\n", len(ids), plural(len(ids), "job", "jobs"))
 			return nil
@@ -614,13 +612,11 @@ queued until their jobs are retried.`,
 			if err != nil {
 				return err
 			}
-			for _, id := range ids {
-				if _, err := rc.JobCancel(ctx, id); err != nil {
-					if errors.Is(err, river.ErrNotFound) {
-						return fmt.Errorf("cancelling job %d: not found", id)
-					}
-					return fmt.Errorf("cancelling job %d: %w", id, err)
-				}
+			if err := eachJob(ids, "cancelling", func(id int64) error {
+				_, err := rc.JobCancel(ctx, id)
+				return err
+			}); err != nil {
+				return err
 			}
 			fmt.Fprintf(a.stdout, "cancelled %d %s\n", len(ids), plural(len(ids), "job", "jobs"))
 			return nil
@@ -630,6 +626,20 @@ queued until their jobs are retried.`,
 	cmd.Flags().StringVar(&state, "state", "", "with --campaign: only jobs in this state")
 	completeJobFlags(cmd)
 	return cmd
+}
+
+// eachJob runs op on every job in ids, stopping at the first error, which
+// names the job ("cancelling job 7: not found").
+func eachJob(ids []int64, doing string, op func(id int64) error) error {
+	for _, id := range ids {
+		if err := op(id); err != nil {
+			if errors.Is(err, river.ErrNotFound) {
+				return fmt.Errorf("%s job %d: not found", doing, id)
+			}
+			return fmt.Errorf("%s job %d: %w", doing, id, err)
+		}
+	}
+	return nil
 }
 
 func plural(n int, one, many string) string {
