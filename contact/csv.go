@@ -170,15 +170,16 @@ func parseErrorReason(pe *csv.ParseError) string {
 // rejectWriter writes rejects as CSV (line,reason,raw), with the header
 // written before the first reject, so that no rejects means no output.
 type rejectWriter struct {
-	w       *csv.Writer
-	started bool
+	w        *csv.Writer
+	started  bool
+	onReject func(Reject) // the caller's OnReject, or nil
 
 	raw   bytes.Buffer
 	rawCW *csv.Writer
 }
 
-func newRejectWriter(w io.Writer, delim rune) *rejectWriter {
-	rw := &rejectWriter{}
+func newRejectWriter(w io.Writer, delim rune, onReject func(Reject)) *rejectWriter {
+	rw := &rejectWriter{onReject: onReject}
 	if w != nil {
 		rw.w = csv.NewWriter(w)
 	}
@@ -195,8 +196,12 @@ func (rw *rejectWriter) encode(rec []string) string {
 	return strings.TrimSuffix(rw.raw.String(), "\n")
 }
 
-// write queues one reject; errors of the underlying writer show at flush.
+// write queues one reject and hands it to the OnReject callback; errors of
+// the underlying writer show at flush.
 func (rw *rejectWriter) write(r Reject) {
+	if rw.onReject != nil {
+		rw.onReject(r)
+	}
 	if rw.w == nil {
 		return
 	}

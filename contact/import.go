@@ -142,7 +142,7 @@ func Import(ctx context.Context, pool *pgxpool.Pool, r io.Reader, opts ImportOpt
 		return nil, fmt.Errorf("importing %s: creating staging table: %w", opts.Source, err)
 	}
 
-	rw := newRejectWriter(opts.Rejects, cr.Comma)
+	rw := newRejectWriter(opts.Rejects, cr.Comma, opts.OnReject)
 	src := &contactRows{cr: cr, header: header, cols: cols, sum: sum, opts: &opts, rw: rw}
 	src.vals = make([]any, 3, 4)
 	if len(cols.attrs) > 0 {
@@ -185,7 +185,7 @@ func Import(ctx context.Context, pool *pgxpool.Pool, r io.Reader, opts ImportOpt
 	sum.Added = tag.RowsAffected()
 
 	if sum.Duplicates > 0 {
-		if err := reportDuplicates(ctx, tx, rw, opts.OnReject); err != nil {
+		if err := reportDuplicates(ctx, tx, rw); err != nil {
 			return nil, fmt.Errorf("importing %s: %w", opts.Source, err)
 		}
 	}
@@ -277,7 +277,7 @@ func mergeContactsSQL(c columns) string {
 
 // reportDuplicates reports every staged row whose address occurred on an
 // earlier line, in line order.
-func reportDuplicates(ctx context.Context, tx pgx.Tx, rw *rejectWriter, onReject func(Reject)) error {
+func reportDuplicates(ctx context.Context, tx pgx.Tx, rw *rejectWriter) error {
 	rows, err := tx.Query(ctx, `
 		SELECT line, email, first FROM (
 			SELECT line, email, min(line) OVER (PARTITION BY lower(email)) AS first
@@ -293,11 +293,7 @@ func reportDuplicates(ctx context.Context, tx pgx.Tx, rw *rejectWriter, onReject
 		if err := rows.Scan(&line, &email, &first); err != nil {
 			return fmt.Errorf("listing duplicates: %w", err)
 		}
-		rej := Reject{Line: line, Reason: fmt.Sprintf("duplicate of line %d (the first is kept)", first), Raw: email, Duplicate: true}
-		rw.write(rej)
-		if onReject != nil {
-			onReject(rej)
-		}
+		rw.write(Reject{Line: line, Reason: fmt.Sprintf("duplicate of line %d (the first is kept)", first), Raw: email, Duplicate: true})
 	}
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("listing duplicates: %w", err)
@@ -396,11 +392,7 @@ func (s *contactRows) check(rec []string) string {
 
 func (s *contactRows) reject(line int64, reason, raw string) {
 	s.sum.Rejected++
-	rej := Reject{Line: line, Reason: reason, Raw: raw}
-	s.rw.write(rej)
-	if s.opts.OnReject != nil {
-		s.opts.OnReject(rej)
-	}
+	s.rw.write(Reject{Line: line, Reason: reason, Raw: raw})
 }
 
 func (s *contactRows) Values() ([]any, error) { return s.vals, nil }

@@ -37,20 +37,19 @@ func FuzzImportRows(f *testing.F) {
 		if err != nil {
 			return
 		}
-		opts := &ImportOptions{}
-		sum := &Summary{}
-		src := &contactRows{cr: cr, header: header, cols: cols, sum: sum, opts: opts,
-			rw: newRejectWriter(io.Discard, cr.Comma), vals: make([]any, 3, 4)}
-		if len(cols.attrs) > 0 {
-			src.attrs = make([]string, len(cols.attrs))
-			src.vals = append(src.vals, src.attrs)
-		}
 		var lastLine int64
-		opts.OnReject = func(r Reject) {
+		opts := &ImportOptions{OnReject: func(r Reject) {
 			if r.Line <= lastLine {
 				t.Fatalf("reject at line %d after line %d", r.Line, lastLine)
 			}
 			lastLine = r.Line
+		}}
+		sum := &Summary{}
+		src := &contactRows{cr: cr, header: header, cols: cols, sum: sum, opts: opts,
+			rw: newRejectWriter(io.Discard, cr.Comma, opts.OnReject), vals: make([]any, 3, 4)}
+		if len(cols.attrs) > 0 {
+			src.attrs = make([]string, len(cols.attrs))
+			src.vals = append(src.vals, src.attrs)
 		}
 		var staged int64
 		for src.Next() {

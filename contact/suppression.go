@@ -211,7 +211,7 @@ func ImportSuppressions(ctx context.Context, pool *pgxpool.Pool, r io.Reader, op
 		return nil, fmt.Errorf("%s: %w", opts.Source, err)
 	}
 	src := &suppressionRows{cr: cr, opts: &opts, sum: &SuppressSummary{},
-		rw: newRejectWriter(opts.Rejects, cr.Comma), vals: make([]any, 5)}
+		rw: newRejectWriter(opts.Rejects, cr.Comma, opts.OnReject), vals: make([]any, 5)}
 	if err := src.readHeader(); err != nil {
 		return nil, err
 	}
@@ -377,11 +377,7 @@ func (s *suppressionRows) check(rec []string) string {
 
 func (s *suppressionRows) reject(line int64, reason, raw string) {
 	s.sum.Rejected++
-	rej := Reject{Line: line, Reason: reason, Raw: raw}
-	s.rw.write(rej)
-	if s.opts.OnReject != nil {
-		s.opts.OnReject(rej)
-	}
+	s.rw.write(Reject{Line: line, Reason: reason, Raw: raw})
 }
 
 func (s *suppressionRows) Values() ([]any, error) { return s.vals, nil }
