@@ -193,6 +193,14 @@ type Config struct {
 	Rules []Rule `toml:"rule"`
 	// NoRules disables adaptive back-off: Rules are ignored.
 	NoRules bool `toml:"no_rules"`
+	// DomainLimitsViaRelay applies the destination scopes ([domain],
+	// [domains], [[mx_group]]) to traffic handed to a relay too. Off by
+	// default: a relay is an MTA that queues and shapes per destination
+	// itself (Postfix, PowerMTA, KumoMTA, the ESPs' submission services), so
+	// blaster shapes what it hands the relay ([route], [routes]) and back-off
+	// rules act on the relay, whose replies are about itself. Turn it on
+	// when the relay forwards without shaping.
+	DomainLimitsViaRelay bool `toml:"domain_limits_via_relay"`
 
 	// Pool is the database shared by the worker processes. Nil keeps every
 	// budget in this process (x/time/rate), for a single process.

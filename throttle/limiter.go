@@ -225,7 +225,7 @@ func (l *Limiter) Observe(key Key, err error) {
 // adaptScope is the scope a rule acts on: the destination, the route, or
 // for "auto" the route when it is a relay and the destination otherwise.
 func (l *Limiter) adaptScope(ctx context.Context, key Key, which string) (scopeRef, bool) {
-	if key.Route != "" && (which == "route" || which == "auto" && isRelay(key.Route)) {
+	if l.routeDecides(key, which) {
 		return l.routeScope(key.Route), true
 	}
 	if key.Domain != "" {
@@ -235,6 +235,17 @@ func (l *Limiter) adaptScope(ctx context.Context, key Key, which string) (scopeR
 		return l.routeScope(key.Route), true
 	}
 	return scopeRef{}, false
+}
+
+// routeDecides reports whether a rule acting on which ("auto", "route",
+// "domain") adapts key's route rather than its destination: "route"
+// always, "auto" through a relay, and anything through a relay that the
+// destination scopes do not apply to (see Config.DomainLimitsViaRelay).
+func (l *Limiter) routeDecides(key Key, which string) bool {
+	if key.Route == "" {
+		return false
+	}
+	return which == "route" || isRelay(key.Route) && (which == "auto" || !l.cfg.DomainLimitsViaRelay)
 }
 
 // isRelay tells a relay route from direct delivery ("mx:HOST") and the
@@ -270,7 +281,7 @@ func (l *Limiter) maybeRecover(ctx context.Context, key Key, now time.Time) {
 
 // adaptScopeLocked is adaptScope from the cache only; l.mu is held.
 func (l *Limiter) adaptScopeLocked(key Key, which string) (scopeRef, bool) {
-	if key.Route != "" && (which == "route" || which == "auto" && isRelay(key.Route)) {
+	if l.routeDecides(key, which) {
 		return l.routeScope(key.Route), true
 	}
 	if key.Domain != "" {
@@ -296,13 +307,14 @@ func (l *Limiter) Limits(key Key) Limits {
 	return out
 }
 
-// scopes lists key's scopes: global, route, destination, campaign.
+// scopes lists key's scopes: global, route, destination (not through a
+// relay unless Config.DomainLimitsViaRelay), campaign.
 func (l *Limiter) scopes(ctx context.Context, key Key) []scopeRef {
 	refs := []scopeRef{{name: "global", lim: l.cfg.Global.merge(Limits{})}}
 	if key.Route != "" {
 		refs = append(refs, l.routeScope(key.Route))
 	}
-	if key.Domain != "" {
+	if key.Domain != "" && (key.Route == "" || !isRelay(key.Route) || l.cfg.DomainLimitsViaRelay) {
 		refs = append(refs, l.domainScope(ctx, key.Domain))
 	}
 	if key.Campaign != 0 {

@@ -50,7 +50,7 @@ func TestAcquireRateAndBurst(t *testing.T) {
 	cfg.AlertReserve = -1
 	l := newTestLimiter(t, cfg)
 	ctx := context.Background()
-	key := Key{Route: "smtp://relay.example.test:587", Domain: "example.test", Campaign: 1}
+	key := Key{Route: "mx:mx.example.test", Domain: "example.test", Campaign: 1}
 
 	for i := 0; i < 5; i++ {
 		if w, err := l.Acquire(ctx, key, 1); err != nil || w != 0 {
@@ -299,6 +299,40 @@ func TestDomainGroups(t *testing.T) {
 	}
 	if lim := l.Limits(Key{Domain: "icloud.com"}); lim.MaxRcpts != 50 {
 		t.Errorf("Limits(icloud.com) = %+v, want max 50 recipients", lim)
+	}
+}
+
+// Through a relay the destination scopes apply only when asked for: the
+// relay shapes per destination itself, and its replies are about itself.
+func TestDomainLimitsViaRelay(t *testing.T) {
+	relay := Key{Route: "smtp://relay.example.test:587", Domain: "slow.example.test"}
+	for _, via := range []bool{false, true} {
+		clk := newFakeClock()
+		cfg := testConfig(clk)
+		cfg.AlertReserve = -1
+		cfg.DomainLimitsViaRelay = via
+		cfg.Rules = []Rule{{Name: "busy", Codes: []int{421}, Action: Suspend, Scope: "domain"}}
+		l := newTestLimiter(t, cfg)
+		acquire(t, l, relay, 1) // slow.example.test's burst is 1
+		limited := acquire(t, l, relay, 1) > 0
+		if limited != via {
+			t.Errorf("DomainLimitsViaRelay %v: second recipient to slow.example.test limited = %v", via, limited)
+		}
+		// A rule with scope "domain" acts on the relay when the domain's
+		// scope does not apply through it, else on the domain alone.
+		l.Observe(relay, &smtp.Error{Reply: smtp.Reply{Code: 421, Text: "service busy"}})
+		other := Key{Route: relay.Route, Domain: "other.example.test"}
+		if w := acquire(t, l, other, 1); (w == 0) != via {
+			t.Errorf("DomainLimitsViaRelay %v: after a 421 from the relay, other domain waits %v", via, w)
+		}
+	}
+	// Direct delivery always counts against the destination.
+	clk := newFakeClock()
+	l := newTestLimiter(t, testConfig(clk))
+	mx := Key{Route: "mx:mx.slow.example.test", Domain: "slow.example.test", Alert: true}
+	acquire(t, l, mx, 1)
+	if acquire(t, l, mx, 1) == 0 {
+		t.Error("direct delivery past the domain's burst was granted")
 	}
 }
 

@@ -51,11 +51,14 @@ max_connections = 3
 		t.Fatal(err)
 	}
 	key := throttle.Key{Route: "smtp://relay.example.test:587", Domain: "example.test", Campaign: 3}
-	if w, err := l.Acquire(ctx, key, 1); err != nil || w != 0 {
-		t.Fatalf("acquire: %v %v", w, err)
-	}
-	// Delivering to the domain's MX hosts, a reply speaks for the domain.
+	// Delivering to the domain's MX hosts, the domain's limits apply and a
+	// reply speaks for the domain.
 	mxKey := throttle.Key{Route: "mx:mx.example.test", Domain: "example.test", Campaign: 3}
+	for _, k := range []throttle.Key{key, mxKey} {
+		if w, err := l.Acquire(ctx, k, 1); err != nil || w != 0 {
+			t.Fatalf("acquire %+v: %v %v", k, w, err)
+		}
+	}
 	l.Observe(mxKey, &smtp.Error{Reply: smtp.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 28}, Text: "unusual rate"}, Command: "MAIL"})
 
 	var out, errOut bytes.Buffer
