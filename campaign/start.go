@@ -115,8 +115,11 @@ func fanOut(ctx context.Context, tx pgx.Tx, rc *river.Client[pgx.Tx], id int64) 
 	}
 	res := &StartResult{Started: true, Suppressed: int(tag.RowsAffected())}
 
-	// Number batches densely over (domain, bucket), where bucket splits a
-	// domain's recipients into groups of at most max_rcpt.
+	// Number batches densely over (bucket, domain), where bucket splits a
+	// domain's recipients into groups of at most max_rcpt. Bucket first
+	// interleaves the destinations in job order: workers take jobs in
+	// order, and a run of one domain's batches would have every worker
+	// waiting on that domain's budget while the others' sat idle.
 	err = tx.QueryRow(ctx, `
 		WITH members AS (
 			SELECT c.id, c.email, lower(substring(c.email from '@([^@]*)$')) AS domain
@@ -127,7 +130,7 @@ func fanOut(ctx context.Context, tx pgx.Tx, rc *river.Client[pgx.Tx], id int64) 
 			SELECT id, email, domain, (row_number() OVER (PARTITION BY domain ORDER BY id) - 1) / $4 AS bucket
 			FROM members
 		), numbered AS MATERIALIZED (
-			SELECT id, email, domain, dense_rank() OVER (ORDER BY domain, bucket)::int AS batch_no
+			SELECT id, email, domain, dense_rank() OVER (ORDER BY bucket, domain)::int AS batch_no
 			FROM bucketed
 		), deliveries AS (
 			INSERT INTO deliveries (campaign_id, contact_id, email, batch_no, state)
