@@ -35,6 +35,12 @@ type Throttle interface {
 	// Observe feeds a transaction's outcome back: a reply or a connection
 	// error, for adaptive back-off. err is nil after a success.
 	Observe(key throttle.Key, err error)
+	// Limits are the limits in force for key; transactions carry at most
+	// MaxRcpts recipients (0: no limit beyond the batch).
+	Limits(key throttle.Key) throttle.Limits
+	// Decide maps a failed transaction's error to the action of the back-off
+	// rule it matches; a Bounce makes a transient reply final.
+	Decide(err error) throttle.Decision
 }
 
 // sendWorker delivers one batch: claim its recipients, talk SMTP, record
@@ -306,10 +312,23 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 		w.failAll(b, rcpts, err)
 		return 0, nil
 	}
-	if wait, err := w.acquire(ctx, b, len(rcpts)); err != nil || wait > 0 {
-		return w.putBack(ctx, b, rcpts, wait, err)
+	size := len(rcpts)
+	if w.throttle != nil {
+		if m := w.throttle.Limits(b.key).MaxRcpts; m > 0 {
+			size = m
+		}
 	}
-	lastErr = w.transact(ctx, b, sess, rcpts, body)
+	for i := 0; i < len(rcpts); i += size {
+		chunk := rcpts[i:min(i+size, len(rcpts))]
+		if wait, err := w.acquire(ctx, b, len(chunk)); err != nil || wait > 0 {
+			return w.putBack(ctx, b, rcpts[i:], wait, err)
+		}
+		lastErr = w.transact(ctx, b, sess, chunk, body)
+		if lastErr != nil && brokenSession(lastErr) {
+			w.failAll(b, rcpts[i+len(chunk):], lastErr)
+			return 0, nil
+		}
+	}
 	return 0, nil
 }
 
@@ -413,9 +432,20 @@ func (w *sendWorker) replyOutcome(b *batch, r recipient, reply *smtp.Reply) outc
 	case smtp.Bounce:
 		o.state = campaign.StateBounced
 	default:
+		if w.bounceRule(reply) {
+			o.state = campaign.StateBounced
+			break
+		}
 		w.defer_(b, r, &o)
 	}
 	return o
+}
+
+// bounceRule reports whether a back-off rule makes a transient reply final
+// (the shipped "mailbox-gone": a 450 for a disabled account will not
+// succeed by retrying for days).
+func (w *sendWorker) bounceRule(reply *smtp.Reply) bool {
+	return w.throttle != nil && w.throttle.Decide(&smtp.Error{Reply: *reply}).Action == throttle.Bounce
 }
 
 // errOutcome maps an error with no per-recipient reply to a ledger state.
