@@ -129,7 +129,7 @@ func TestEndToEndGoSMTP(t *testing.T) {
 			if err := srv.Listen("127.0.0.1:0"); err != nil {
 				t.Fatal(err)
 			}
-			defer srv.Close()
+			t.Cleanup(func() { srv.Close() }) // after the worker stops and QUITs
 
 			runWorker(t, pool, relayTransport(t, srv.Addr()))
 			id := createCampaign(t, pool, "news", personalized)
@@ -233,7 +233,7 @@ func TestTooManyRecipients(t *testing.T) {
 	if err := srv.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	t.Cleanup(func() { srv.Close() }) // after the worker stops and QUITs
 	runWorker(t, pool, relayTransport(t, srv.Addr()))
 	id := createCampaign(t, pool, "news", false)
 	start(t, pool, id)

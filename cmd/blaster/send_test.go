@@ -79,7 +79,7 @@ func TestSendWait(t *testing.T) {
 	if err := srv.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
 	}
-	defer srv.Close()
+	t.Cleanup(func() { srv.Close() }) // after the worker stops and QUITs
 	sendTestWorker(t, url, srv.Addr())
 
 	stdout, stderr, err := runSendCLI(t, url, "", "--text", "The disk is full.\n",
@@ -170,7 +170,7 @@ func TestSendWaitFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	go srv.Serve(ln)
-	defer srv.Close()
+	t.Cleanup(func() { srv.Close() }) // after the worker stops and QUITs
 	sendTestWorker(t, url, ln.Addr().String())
 
 	if _, _, err := runContactCLI(t, url, "", "suppress", "add", "gone@alpha.example.test"); err != nil {
