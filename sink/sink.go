@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -32,6 +33,16 @@ type Config struct {
 	Domain string
 	// MaxRecipients per transaction; 0 means no limit (go-smtp's default).
 	MaxRecipients int
+	// Timeline keeps how many recipients were accepted in each second of
+	// the wall clock, for Timeline: the rate a server saw, to check a
+	// sender's throttle against. Off by default.
+	Timeline bool
+}
+
+// Second is the recipients accepted in one second (Unix time).
+type Second struct {
+	Unix       int64 `json:"unix"`
+	Recipients int64 `json:"recipients"`
 }
 
 // Stats are the counts since start.
@@ -53,6 +64,7 @@ type Sink struct {
 
 	mu       sync.Mutex
 	received map[string]int
+	timeline map[int64]int64 // Unix second → recipients accepted
 }
 
 // New returns a sink that is not listening yet.
@@ -60,7 +72,7 @@ func New(cfg Config) *Sink {
 	if cfg.Domain == "" {
 		cfg.Domain = "sink.blaster.test"
 	}
-	s := &Sink{cfg: cfg, received: map[string]int{}, done: make(chan struct{})}
+	s := &Sink{cfg: cfg, received: map[string]int{}, timeline: map[int64]int64{}, done: make(chan struct{})}
 	srv := gosmtp.NewServer(s)
 	srv.Domain = cfg.Domain
 	srv.MaxRecipients = cfg.MaxRecipients
@@ -127,6 +139,25 @@ func (s *Sink) Received() map[string]int {
 	return out
 }
 
+// Timeline returns the recipients accepted per second (Config.Timeline),
+// oldest first, with the seconds in between that saw none.
+func (s *Sink) Timeline() []Second {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.timeline) == 0 {
+		return nil
+	}
+	first, last := int64(math.MaxInt64), int64(math.MinInt64)
+	for sec := range s.timeline {
+		first, last = min(first, sec), max(last, sec)
+	}
+	out := make([]Second, 0, last-first+1)
+	for sec := first; sec <= last; sec++ {
+		out = append(out, Second{Unix: sec, Recipients: s.timeline[sec]})
+	}
+	return out
+}
+
 // NewSession implements gosmtp.Backend.
 func (s *Sink) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
 	s.conns.Add(1)
@@ -164,10 +195,15 @@ func (ss *session) Data(r io.Reader) error {
 	s.msgs.Add(1)
 	s.rcpts.Add(int64(len(ss.rcpts)))
 	s.bytes.Add(n)
-	if s.cfg.Record {
+	if s.cfg.Record || s.cfg.Timeline {
 		s.mu.Lock()
-		for _, r := range ss.rcpts {
-			s.received[r]++
+		if s.cfg.Record {
+			for _, r := range ss.rcpts {
+				s.received[r]++
+			}
+		}
+		if s.cfg.Timeline {
+			s.timeline[time.Now().Unix()] += int64(len(ss.rcpts))
 		}
 		s.mu.Unlock()
 	}
