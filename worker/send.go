@@ -56,6 +56,7 @@ type sendWorker struct {
 	timeout   time.Duration
 	pauseWait time.Duration
 	secrets   campaign.Secrets
+	metrics   Metrics // nil: none
 
 	mu        sync.Mutex
 	campaigns map[int64]*compiled // a started campaign's content never changes
@@ -360,6 +361,7 @@ func (w *sendWorker) putBack(ctx context.Context, b *batch, rest []recipient, wa
 		if rerr := w.writeOutcomes(ctx, w.pool, b); rerr != nil {
 			return 0, rerr
 		}
+		w.recorded(b)
 		b.outcomes = nil
 	}
 	_, perr := w.pool.Exec(ctx, `
@@ -587,7 +589,7 @@ func (w *sendWorker) record(ctx context.Context, b *batch) error {
 			return err
 		}
 	}
-	b.log.Debug("batch recorded", "recipients", len(b.outcomes))
+	w.recorded(b)
 	return nil
 }
 

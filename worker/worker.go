@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/blaster-mail/blaster/campaign"
 	"github.com/blaster-mail/blaster/transport"
@@ -50,6 +51,9 @@ type Config struct {
 	NowFunc func() time.Time
 	// Secrets build messages: the one-click unsubscribe key.
 	Secrets campaign.Secrets
+	// Metrics, when set, is told every batch's recorded outcomes, and
+	// wraps every job when it is a River worker middleware. Nil: none.
+	Metrics Metrics
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -120,6 +124,7 @@ func New(cfg Config) (*Worker, error) {
 		timeout:   cfg.JobTimeout,
 		pauseWait: cfg.PauseRecheck,
 		secrets:   cfg.Secrets,
+		metrics:   cfg.Metrics,
 		campaigns: map[int64]*compiled{},
 	})
 	rcfg := &river.Config{
@@ -131,6 +136,9 @@ func New(cfg Config) (*Worker, error) {
 		JobTimeout:           cfg.JobTimeout,
 		RescueStuckJobsAfter: cfg.RescueAfter,
 		Logger:               cfg.Logger.With("component", "river"),
+	}
+	if mw, ok := cfg.Metrics.(rivertype.WorkerMiddleware); ok {
+		rcfg.Middleware = []rivertype.Middleware{mw}
 	}
 	if cfg.FetchInterval > 0 {
 		rcfg.FetchPollInterval = cfg.FetchInterval

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -26,6 +27,10 @@ type app struct {
 	logLevel    string
 
 	pool *pgxpool.Pool
+
+	// listening, if set, receives the address the worker's metrics
+	// listener bound (tests use --metrics-addr 127.0.0.1:0).
+	listening func(net.Addr)
 }
 
 // run builds the command tree and executes args.

@@ -2,16 +2,12 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/blaster-mail/blaster/unsubscribe"
@@ -70,49 +66,18 @@ func runServe(ctx context.Context, a *app, o *serveOptions) error {
 	}
 	mux := http.NewServeMux()
 	mux.Handle(unsubscribe.PathPrefix, unsub)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-		defer cancel()
-		if err := pool.Ping(ctx); err != nil {
-			a.logger.Warn("healthz: database unreachable", "err", err)
-			http.Error(w, "database unreachable", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	mux.HandleFunc("GET /healthz", healthz(pool, a.logger))
+	mux.Handle("GET /metrics", metricsHandler(reg))
 
-	ln, err := net.Listen("tcp", o.addr)
+	ln, err := listenHTTP(o.addr, o.listening)
 	if err != nil {
-		return fmt.Errorf("listening on %s: %w", o.addr, err)
-	}
-	srv := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		return err
 	}
 	a.logger.Info("serving", "addr", ln.Addr().String())
-	if o.listening != nil {
-		o.listening(ln.Addr())
-	}
-	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(ln) }()
+	srv := startHTTP(ctx, ln, mux)
 	select {
-	case err := <-errc:
-		return fmt.Errorf("serving on %s: %w", ln.Addr(), err)
+	case <-srv.Done():
 	case <-ctx.Done():
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(shutdownCtx); err != nil {
-		return fmt.Errorf("shutting down: %w", err)
-	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("serving on %s: %w", ln.Addr(), err)
-	}
-	return nil
+	return srv.Shutdown(ctx)
 }

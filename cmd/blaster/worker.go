@@ -2,13 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"github.com/blaster-mail/blaster/metrics"
 	"github.com/blaster-mail/blaster/throttle"
 	"github.com/blaster-mail/blaster/unsubscribe"
 	"github.com/blaster-mail/blaster/worker"
@@ -21,6 +26,7 @@ func newWorkerCmd(a *app) *cobra.Command {
 		stopTimeout  time.Duration
 		unsubKeyFile string
 		throttleFile string
+		mo           metricsOpts
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -74,6 +80,17 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 			cfg.Pool = pool
 			cfg.Transport = tr
 			cfg.Logger = a.logger
+			var srv *httpServer
+			if mo.addr != "" {
+				m := metrics.New(metrics.Config{Pool: pool, Throttle: &tcfg, MaxDomains: mo.maxDomains,
+					MaxRoutes: mo.maxRoutes, Logger: a.logger})
+				cfg.Metrics, cfg.Transport, cfg.Throttle = m, m.Transport(tr), m.Throttle(lim)
+				if srv, err = a.serveMetrics(ctx, mo.addr, m, pool); err != nil {
+					tr.Close()
+					return err
+				}
+				defer srv.Shutdown(ctx)
+			}
 			w, err := worker.New(cfg)
 			if err != nil {
 				tr.Close()
@@ -87,15 +104,25 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 			}
 			a.logger.Info("worker started", "transport", tf.describe(),
 				"newsletter_workers", cfg.NewsletterWorkers, "alert_workers", cfg.AlertWorkers)
-			<-ctx.Done()
+			var failed <-chan struct{}
+			if srv != nil {
+				failed = srv.Done()
+			}
+			var serveErr error
+			select {
+			case <-ctx.Done():
+			case <-failed:
+				serveErr = fmt.Errorf("metrics: %w", srv.Err())
+				a.logger.Error("stopping: the metrics listener failed", "err", serveErr)
+			}
 			a.logger.Info("stopping: finishing transactions in flight")
 			stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
 			defer cancel()
 			if err := w.Stop(stopCtx); err != nil {
-				return fmt.Errorf("stopping worker: %w", err)
+				return errors.Join(serveErr, fmt.Errorf("stopping worker: %w", err))
 			}
 			a.logger.Info("worker stopped")
-			return nil
+			return serveErr
 		},
 	}
 	f := cmd.Flags()
@@ -108,5 +135,34 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 		"TOML file of rates, connection caps and back-off rules (default: the shipped throttle/default.toml)")
 	f.StringVar(&unsubKeyFile, "unsubscribe-key-file", "", "file with the one-click unsubscribe token key (else $BLASTER_UNSUBSCRIBE_KEY)")
 	f.DurationVar(&cfg.FetchInterval, "poll-interval", 0, "how often to poll for jobs besides LISTEN/NOTIFY (default 1s)")
+	mo.register(f)
 	return cmd
+}
+
+// metricsOpts are the worker's --metrics-* flags.
+type metricsOpts struct {
+	addr                  string
+	maxDomains, maxRoutes int
+}
+
+func (o *metricsOpts) register(f *pflag.FlagSet) {
+	f.StringVar(&o.addr, "metrics-addr", os.Getenv("BLASTER_METRICS_ADDR"),
+		"serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz (e.g. 127.0.0.1:9464; default off)")
+	f.IntVar(&o.maxDomains, "metrics-max-domains", 50,
+		`destination domains with a metrics label of their own, besides the throttle config's [domains] and groups; the rest are "other"`)
+	f.IntVar(&o.maxRoutes, "metrics-max-routes", 50, `routes (relays, MX hosts) with a metrics label of their own; the rest are "other"`)
+}
+
+// serveMetrics serves m's registry at /metrics and the database check at
+// /healthz on addr, until the returned server is shut down.
+func (a *app) serveMetrics(ctx context.Context, addr string, m *metrics.Metrics, pool *pgxpool.Pool) (*httpServer, error) {
+	ln, err := listenHTTP(addr, a.listening)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", metricsHandler(m.Registry()))
+	mux.HandleFunc("GET /healthz", healthz(pool, a.logger))
+	a.logger.Info("serving metrics", "addr", ln.Addr().String())
+	return startHTTP(context.WithoutCancel(ctx), ln, mux), nil
 }

@@ -1,0 +1,44 @@
+package metrics
+
+import (
+	"context"
+	"time"
+
+	"github.com/blaster-mail/blaster/throttle"
+)
+
+// Throttle is the send worker's throttle (worker.Throttle, which
+// *throttle.Limiter implements), repeated here so that this package does
+// not depend on the worker.
+type Throttle interface {
+	Acquire(ctx context.Context, key throttle.Key, n int) (retryAfter time.Duration, err error)
+	Observe(key throttle.Key, err error)
+	Limits(key throttle.Key) throttle.Limits
+	Decide(err error) throttle.Decision
+}
+
+// Throttle wraps t so that its refusals and back-off decisions are
+// counted.
+func (m *Metrics) Throttle(t Throttle) Throttle { return &meteredThrottle{Throttle: t, m: m} }
+
+type meteredThrottle struct {
+	Throttle
+	m *Metrics
+}
+
+func (t *meteredThrottle) Acquire(ctx context.Context, key throttle.Key, n int) (time.Duration, error) {
+	wait, err := t.Throttle.Acquire(ctx, key, n)
+	if err == nil && wait > 0 {
+		t.m.snoozes.WithLabelValues(t.m.routes.label(key.Route), t.m.domains.label(key.Domain)).Inc()
+	}
+	return wait, err
+}
+
+func (t *meteredThrottle) Observe(key throttle.Key, err error) {
+	if err != nil {
+		if d := t.Throttle.Decide(err); d.Action == throttle.Suspend || d.Action == throttle.Slow {
+			t.m.backoffs.WithLabelValues(string(d.Action), d.Rule).Inc()
+		}
+	}
+	t.Throttle.Observe(key, err)
+}
