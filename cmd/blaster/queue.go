@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/metrics"
 	"github.com/blaster-mail/blaster/worker"
 )
 
@@ -116,25 +117,14 @@ func readQueueStats(ctx context.Context, pool *pgxpool.Pool) (*queueStats, error
 		}
 		return q
 	}
-	rows, err := pool.Query(ctx, `
-		SELECT queue, state::text, count(*), extract(epoch FROM now() - min(created_at))::float8
-		FROM river_job GROUP BY queue, state`)
+	counts, err := metrics.QueueCounts(ctx, pool)
 	if err != nil {
-		return nil, fmt.Errorf("counting river_job by queue and state: %w", err)
+		return nil, err
 	}
-	for rows.Next() {
-		var queue, state string
-		var s stateStat
-		if err := rows.Scan(&queue, &state, &s.Count, &s.OldestAgeSeconds); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("counting river_job by queue and state: %w", err)
-		}
-		get(queue).States[state] = s
+	for _, c := range counts {
+		get(c.Queue).States[c.State] = stateStat{Count: c.Jobs, OldestAgeSeconds: c.OldestSeconds}
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("counting river_job by queue and state: %w", err)
-	}
-	rows, err = pool.Query(ctx, `
+	rows, err := pool.Query(ctx, `
 		SELECT queue, count(*) FROM river_job
 		WHERE state = 'completed' AND finalized_at > now() - interval '60 seconds'
 		GROUP BY queue`)
