@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
@@ -26,7 +28,37 @@ func newCampaignCmd(a *app) *cobra.Command {
 	}
 	cmd.AddCommand(newCampaignCreateCmd(a), newCampaignStartCmd(a), newCampaignStatusCmd(a), newCampaignListCmd(a))
 	cmd.AddCommand(newLifecycleCmds(a)...)
+	for _, sub := range cmd.Commands() {
+		if strings.HasPrefix(sub.Use, sub.Name()+" ID") {
+			sub.ValidArgsFunction = a.completeCampaignID
+		}
+	}
 	return cmd
+}
+
+// completeCampaignID offers the newest campaigns whose id starts with what
+// was typed, with their name and state, to shell completion.
+func (a *app) completeCampaignID(cmd *cobra.Command, args []string, prefix string) ([]string, cobra.ShellCompDirective) {
+	if len(args) > 0 {
+		return nil, cobra.ShellCompDirectiveNoFileComp
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
+	defer cancel()
+	pool, err := a.db(ctx)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveError
+	}
+	rows, err := pool.Query(ctx, `
+		SELECT id::text || E'\t' || name || ' (' || state || ')' FROM campaigns
+		WHERE id::text LIKE $1 || '%' ORDER BY id DESC LIMIT 50`, prefix)
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveError
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, cobra.ShellCompDirectiveError
+	}
+	return ids, cobra.ShellCompDirectiveNoFileComp | cobra.ShellCompDirectiveKeepOrder
 }
 
 func newCampaignCreateCmd(a *app) *cobra.Command {
@@ -100,6 +132,8 @@ The new campaign's id is printed alone on stdout.`,
 	f.StringVar(&textFile, "text", "", "text body template file")
 	f.StringVar(&htmlFile, "html", "", "HTML body template file")
 	f.StringVar(&kind, "kind", "newsletter", "newsletter or alert (alerts overtake newsletters)")
+	cmd.RegisterFlagCompletionFunc("kind", cobra.FixedCompletions(
+		[]string{string(campaign.Newsletter), string(campaign.Alert)}, cobra.ShellCompDirectiveNoFileComp))
 	f.IntVar(&n.Settings.MaxRcpt, "max-rcpt", 0, "recipients per batch and SMTP transaction (default 100)")
 	f.BoolVar(&n.Settings.AtLeastOnce, "at-least-once", false, "resend recipients whose outcome is unknown (default at-most-once)")
 	f.StringVar(&retry, "retry-schedule", "", "waits before retries of deferred recipients, e.g. 1m,5m,15m,1h (default like an MTA)")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/csv"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -57,7 +58,7 @@ func TestDemo(t *testing.T) {
 
 	for run := 1; run <= 2; run++ {
 		var stdout, stderr bytes.Buffer
-		a := &app{stdout: &stdout, stderr: &stderr, logger: newLogger(&stderr, "warn"), databaseURL: url}
+		a := &app{stdout: &stdout, stderr: &stderr, logger: newLogger(&stderr, slog.LevelWarn), databaseURL: url}
 		err := runDemo(ctx, a, demoOptions{dir: dir, contacts: n, workers: 4, timeout: time.Minute,
 			sinkCommand: helperSinkCommand})
 		if err != nil {

@@ -131,5 +131,8 @@ deferred,expired,unknown.`,
 	}
 	cmd.Flags().StringVar(&states, "state", strings.Join(campaign.DefaultRetryStates, ","),
 		"delivery states to send again, comma separated: deferred, expired, unknown, bounced")
+	cmd.RegisterFlagCompletionFunc("state", cobra.FixedCompletions(
+		[]string{campaign.StateDeferred, campaign.StateExpired, campaign.StateUnknown, campaign.StateBounced},
+		cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }

@@ -38,6 +38,13 @@ on the per-recipient ledger: to stop a campaign, use the campaign commands.`,
 	}
 	cmd.AddCommand(newQueueStatsCmd(a), newQueueListCmd(a), newQueueShowCmd(a),
 		newQueueRetryCmd(a), newQueueCancelCmd(a), newQueuePauseCmd(a, true), newQueuePauseCmd(a, false))
+	for _, sub := range cmd.Commands() {
+		if sub.Flags().Lookup("campaign") != nil {
+			sub.RegisterFlagCompletionFunc("campaign", func(c *cobra.Command, _ []string, prefix string) ([]string, cobra.ShellCompDirective) {
+				return a.completeCampaignID(c, nil, prefix)
+			})
+		}
+	}
 	return cmd
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -55,7 +56,11 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
-			a.logger = newLogger(a.stderr, a.logLevel)
+			var lvl slog.Level
+			if err := lvl.UnmarshalText([]byte(a.logLevel)); err != nil {
+				return fmt.Errorf("--log-level %q: must be debug, info, warn or error", a.logLevel)
+			}
+			a.logger = newLogger(a.stderr, lvl)
 			return nil
 		},
 	}
@@ -63,6 +68,8 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 	pf.StringVar(&a.databaseURL, "database-url", os.Getenv("DATABASE_URL"),
 		"PostgreSQL URL (default $DATABASE_URL, else libpq's PG* variables)")
 	pf.StringVar(&a.logLevel, "log-level", envOr("BLASTER_LOG_LEVEL", "info"), "log level: debug, info, warn, error")
+	root.RegisterFlagCompletionFunc("log-level", cobra.FixedCompletions(
+		[]string{"debug", "info", "warn", "error"}, cobra.ShellCompDirectiveNoFileComp))
 
 	root.AddCommand(
 		newMigrateCmd(a),
@@ -101,11 +108,7 @@ func (a *app) close() {
 }
 
 // newLogger logs text on a terminal and JSON otherwise (for collectors).
-func newLogger(w io.Writer, level string) *slog.Logger {
-	var lvl slog.Level
-	if err := lvl.UnmarshalText([]byte(level)); err != nil {
-		lvl = slog.LevelInfo
-	}
+func newLogger(w io.Writer, lvl slog.Level) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: lvl}
 	if f, ok := w.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
 		return slog.New(slog.NewTextHandler(w, opts))

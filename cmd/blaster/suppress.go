@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bufio"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -82,17 +84,54 @@ func newSuppressRemoveCmd(a *app) *cobra.Command {
 	return cmd
 }
 
+// suppressionView is one suppression in the JSON of `suppress list`; its
+// field names are stable.
+type suppressionView struct {
+	Email      string    `json:"email"`
+	Sender     string    `json:"sender"` // "" = every sender
+	Reason     string    `json:"reason"`
+	Detail     string    `json:"detail"`
+	CampaignID int64     `json:"campaign_id,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
 func newSuppressListCmd(a *app) *cobra.Command {
-	var f contact.ListFilter
+	var (
+		f      contact.ListFilter
+		asJSON bool
+	)
 	cmd := &cobra.Command{
 		Use:   "list",
-		Short: "Print suppressions as CSV (the format suppress import reads)",
+		Short: "Print suppressions as CSV (the format suppress import reads), or JSON",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			f.BySender = cmd.Flags().Changed("sender")
 			pool, err := a.db(cmd.Context())
 			if err != nil {
 				return err
+			}
+			if asJSON {
+				// A JSON array, streamed: the list may be millions long.
+				bw := bufio.NewWriter(a.stdout)
+				enc := json.NewEncoder(bw)
+				sep := "["
+				err := contact.ListSuppressions(cmd.Context(), pool, f, func(s contact.Suppression) error {
+					bw.WriteString(sep)
+					sep = ","
+					return enc.Encode(suppressionView{Email: s.Email, Sender: s.Sender, Reason: s.Reason,
+						Detail: s.Detail, CampaignID: s.CampaignID, CreatedAt: s.CreatedAt.UTC()})
+				})
+				if err != nil {
+					return err
+				}
+				if sep == "[" {
+					bw.WriteString("[")
+				}
+				bw.WriteString("]\n")
+				if err := bw.Flush(); err != nil {
+					return fmt.Errorf("writing suppressions: %w", err)
+				}
+				return nil
 			}
 			w := csv.NewWriter(a.stdout)
 			w.Write([]string{"email", "sender", "reason", "detail", "campaign_id", "created_at"})
@@ -116,6 +155,8 @@ func newSuppressListCmd(a *app) *cobra.Command {
 	cmd.Flags().StringVar(&f.Sender, "sender", "", `only this sender's list ("" = the list for every sender; default: all lists)`)
 	cmd.Flags().StringVar(&f.Reason, "reason", "", "only this reason")
 	cmd.Flags().StringVar(&f.Email, "email", "", "only this address")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print a JSON array")
+	cmd.RegisterFlagCompletionFunc("reason", cobra.FixedCompletions(contact.Reasons, cobra.ShellCompDirectiveNoFileComp))
 	return cmd
 }
 
