@@ -65,6 +65,7 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 				return err
 			}
 			tcfg.Pool = pool
+			tcfg.Logger = a.logger
 			if tf.mx {
 				tcfg.MXHostsFunc = throttle.MXHosts(net.DefaultResolver.LookupMX)
 			}

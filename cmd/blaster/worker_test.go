@@ -250,6 +250,81 @@ func TestWorkerMetrics(t *testing.T) {
 	}
 }
 
+// rateLimitingBackend is a go-smtp server that answers every RCPT with
+// Gmail's rate-limit deferral, 450 4.7.28, which the shipped back-off
+// rules ("gmail-rate") answer with a suspension.
+type rateLimitingBackend struct{}
+
+func (rateLimitingBackend) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
+	return rateLimitingSession{}, nil
+}
+
+type rateLimitingSession struct{}
+
+func (rateLimitingSession) Mail(string, *gosmtp.MailOptions) error { return nil }
+func (rateLimitingSession) Rcpt(string, *gosmtp.RcptOptions) error {
+	return &gosmtp.SMTPError{Code: 450, EnhancedCode: gosmtp.EnhancedCode{4, 7, 28}, Message: "rate limited, try again later"}
+}
+func (rateLimitingSession) Data(r io.Reader) error { _, err := io.Copy(io.Discard, r); return err }
+func (rateLimitingSession) Reset()                 {}
+func (rateLimitingSession) Logout() error          { return nil }
+
+// TestWorkerMetricsSuspension: a relay that rate-limits gets the route
+// suspended; the metrics show the back-off, the suspension and the next
+// batch snoozed.
+func TestWorkerMetricsSuspension(t *testing.T) {
+	url := dbtest.New(t)
+	pool := openTestPool(t, url)
+	srv := gosmtp.NewServer(rateLimitingBackend{})
+	srv.Domain = "limited.example.test"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+
+	id := seedAddresses(t, pool, "news", "Hello all.\n",
+		[]string{"ann@a.example.test", "amy@a.example.test", "bob@b.example.test", "ben@b.example.test"})
+	route := "smtp://" + ln.Addr().String() + "?tls=none"
+	// One batch at a time: the first is deferred and suspends the route,
+	// the second finds it suspended.
+	w := startWorkerCLI(t, url, "--relay", route, "--newsletter-workers", "1", "--metrics-addr", "127.0.0.1:0")
+	cli(t, url, "campaign", "start", fmt.Sprint(id))
+
+	var mfs map[string]*dto.MetricFamily
+	waitFor(t, "a batch to be snoozed", func() bool {
+		mfs = scrape(t, w.metricsAddr)
+		return sum(mfs, "blaster_batch_seconds", map[string]string{"result": "snoozed"}) >= 1 &&
+			sum(mfs, "blaster_recipients_total", nil) == 2
+	})
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"blaster_recipients_total", map[string]string{"outcome": "deferred"}, 2},
+		{"blaster_messages_total", map[string]string{"outcome": "refused"}, 1},
+		{"blaster_smtp_replies_total", map[string]string{"stage": "rcpt", "code": "450", "enhanced": "4.7"}, 2},
+		{"blaster_throttle_backoffs_total", map[string]string{"action": "suspend", "rule": "gmail-rate"}, 1},
+		{"blaster_throttle_suspended", map[string]string{"scope": "route:" + route}, 1},
+		{"blaster_throttle_suspended_scopes", map[string]string{"kind": "route"}, 1},
+		{"blaster_throttle_suspended_scopes", map[string]string{"kind": "domain"}, 0},
+		{"blaster_batch_seconds", map[string]string{"queue": "newsletter", "result": "completed"}, 1},
+	} {
+		if got := sum(mfs, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if got := sum(mfs, "blaster_throttle_snoozes_total", map[string]string{"route": route}); got < 1 {
+		t.Errorf("blaster_throttle_snoozes_total = %v, want at least 1", got)
+	}
+	// The throttle logs through the worker's logger (JSON, its level).
+	if !strings.Contains(w.logs.String(), `"msg":"throttle: backing off"`) {
+		t.Errorf("the worker's log lacks the throttle's back-off:\n%s", w.logs)
+	}
+}
+
 // TestWorkerMetricsAddrInUse: a worker whose metrics address cannot be
 // bound says so and exits non-zero.
 func TestWorkerMetricsAddrInUse(t *testing.T) {
