@@ -39,6 +39,13 @@ separated; failover in that order), directly to each domain's MX hosts with
 --mx, or into a pickup directory with --pickup. The relay password comes from
 $BLASTER_RELAY_PASSWORD or --relay-password-file, never from the command line.
 
+With --metrics-addr the worker serves Prometheus metrics at /metrics (messages
+and recipients by outcome, route and destination domain; SMTP replies;
+transaction and batch latency; throttle rates, suspensions and snoozes; pool
+connections; River's jobs per queue and state) and /healthz on that address.
+Logs are JSON lines on stderr (text on a terminal); delivery lines carry the
+campaign, batch, route and domain, never a password or a message body.
+
 On SIGINT or SIGTERM the worker stops taking batches, finishes the SMTP
 transactions in flight, records their outcomes, QUITs and exits.`,
 		Args: cobra.NoArgs,
