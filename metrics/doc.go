@@ -15,7 +15,7 @@
 //   - Work (a River worker middleware) times each batch job and counts how it
 //     ended (blaster_batch_seconds by queue and result: completed, snoozed,
 //     cancelled, failed).
-//   - Throttle wraps the worker's throttle: refusals that snooze a batch
+//   - Throttle wraps the worker's throttle (worker.Throttle): refusals that snooze a batch
 //     (blaster_throttle_snoozes_total) and back-off decisions
 //     (blaster_throttle_backoffs_total by action and rule).
 //

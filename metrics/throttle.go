@@ -5,24 +5,15 @@ import (
 	"time"
 
 	"github.com/blaster-mail/blaster/throttle"
+	"github.com/blaster-mail/blaster/worker"
 )
-
-// Throttle is the send worker's throttle (worker.Throttle, which
-// *throttle.Limiter implements), repeated here so that this package does
-// not depend on the worker.
-type Throttle interface {
-	Acquire(ctx context.Context, key throttle.Key, n int) (retryAfter time.Duration, err error)
-	Observe(key throttle.Key, err error)
-	Limits(key throttle.Key) throttle.Limits
-	Decide(err error) throttle.Decision
-}
 
 // Throttle wraps t so that its refusals and back-off decisions are
 // counted.
-func (m *Metrics) Throttle(t Throttle) Throttle { return &meteredThrottle{Throttle: t, m: m} }
+func (m *Metrics) Throttle(t worker.Throttle) worker.Throttle { return &meteredThrottle{Throttle: t, m: m} }
 
 type meteredThrottle struct {
-	Throttle
+	worker.Throttle
 	m *Metrics
 }
 

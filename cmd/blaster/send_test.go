@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -163,15 +162,7 @@ func (s *rejectingSession) Logout() error { return nil }
 func TestSendWaitFailure(t *testing.T) {
 	url := dbtest.New(t)
 	be := &rejectingBackend{}
-	srv := gosmtp.NewServer(be)
-	srv.Domain = "reject.example.test"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() }) // after the worker stops and QUITs
-	sendTestWorker(t, url, ln.Addr().String())
+	sendTestWorker(t, url, startSMTPServer(t, be))
 
 	if _, _, err := runContactCLI(t, url, "", "suppress", "add", "gone@alpha.example.test"); err != nil {
 		t.Fatalf("suppress add: %v", err)

@@ -77,6 +77,21 @@ func startWorkerCLI(t *testing.T, url string, args ...string) *workerCLI {
 	return w
 }
 
+// startSMTPServer runs a go-smtp server for be on 127.0.0.1:0 until the
+// test ends (after the workers it started have stopped and QUIT).
+func startSMTPServer(t *testing.T, be gosmtp.Backend) string {
+	t.Helper()
+	srv := gosmtp.NewServer(be)
+	srv.Domain = "smtp.example.test"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
+}
+
 // seedAddresses puts the addresses on list name and starts a same-for-all
 // campaign to it, returning the campaign's id.
 func seedAddresses(t *testing.T, pool *pgxpool.Pool, name, text string, emails []string) int64 {
@@ -167,15 +182,7 @@ series:
 func TestWorkerMetrics(t *testing.T) {
 	url := dbtest.New(t)
 	pool := openTestPool(t, url)
-	be := &rejectingBackend{}
-	srv := gosmtp.NewServer(be)
-	srv.Domain = "reject.example.test"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() }) // after the worker stops and QUITs
+	addr := startSMTPServer(t, &rejectingBackend{})
 
 	// 30 recipients at a.example.test; 15 at b.example.test and 5 that the
 	// server refuses (550 5.1.1): one batch and one transaction per domain.
@@ -194,7 +201,7 @@ func TestWorkerMetrics(t *testing.T) {
 	if err := os.WriteFile(throttleFile, []byte("[route]\nrate = 1000\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	relay := "smtp://" + ln.Addr().String() + "?tls=none"
+	relay := "smtp://" + addr + "?tls=none"
 	w := startWorkerCLI(t, url, "--relay", relay, "--throttle-config", throttleFile, "--metrics-addr", "127.0.0.1:0")
 	cli(t, url, "campaign", "start", fmt.Sprint(id))
 	st := waitCampaign(t, pool, id)
@@ -209,7 +216,7 @@ func TestWorkerMetrics(t *testing.T) {
 		return sum(mfs, "blaster_recipients_total", nil) == 50 &&
 			sum(mfs, "blaster_batch_seconds", map[string]string{"result": "completed"}) == 2
 	})
-	route := "smtp://" + ln.Addr().String() + "?tls=none"
+	route := "smtp://" + addr + "?tls=none"
 	for _, c := range []struct {
 		name   string
 		labels map[string]string
@@ -275,18 +282,11 @@ func (rateLimitingSession) Logout() error          { return nil }
 func TestWorkerMetricsSuspension(t *testing.T) {
 	url := dbtest.New(t)
 	pool := openTestPool(t, url)
-	srv := gosmtp.NewServer(rateLimitingBackend{})
-	srv.Domain = "limited.example.test"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
+	addr := startSMTPServer(t, rateLimitingBackend{})
 
 	id := seedAddresses(t, pool, "news", "Hello all.\n",
 		[]string{"ann@a.example.test", "amy@a.example.test", "bob@b.example.test", "ben@b.example.test"})
-	route := "smtp://" + ln.Addr().String() + "?tls=none"
+	route := "smtp://" + addr + "?tls=none"
 	// One batch at a time: the first is deferred and suspends the route,
 	// the second finds it suspended.
 	w := startWorkerCLI(t, url, "--relay", route, "--newsletter-workers", "1", "--metrics-addr", "127.0.0.1:0")
@@ -334,9 +334,10 @@ func TestWorkerMetricsAddrInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	addr := ln.Addr().String()
 	err = run(context.Background(), []string{"--database-url", url, "worker", "--pickup", t.TempDir(),
-		"--metrics-addr", ln.Addr().String()}, strings.NewReader(""), io.Discard, io.Discard)
-	if err == nil || !strings.Contains(err.Error(), "listening on "+ln.Addr().String()) {
+		"--metrics-addr", addr}, strings.NewReader(""), io.Discard, io.Discard)
+	if err == nil || !strings.Contains(err.Error(), "listening on "+addr) {
 		t.Fatalf("worker with a taken --metrics-addr: %v, want a listening error", err)
 	}
 }
