@@ -10,7 +10,9 @@ import (
 
 // Throttle wraps t so that its refusals and back-off decisions are
 // counted.
-func (m *Metrics) Throttle(t worker.Throttle) worker.Throttle { return &meteredThrottle{Throttle: t, m: m} }
+func (m *Metrics) Throttle(t worker.Throttle) worker.Throttle {
+	return &meteredThrottle{Throttle: t, m: m}
+}
 
 type meteredThrottle struct {
 	worker.Throttle
