@@ -3,7 +3,6 @@ package metrics
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"strconv"
 	"time"
@@ -69,16 +68,28 @@ func (s *meteredSession) Send(ctx context.Context, env *smtp.Envelope, body io.R
 	s.m.messages.WithLabelValues(s.route, s.domain, messageOutcome(res, err)).Inc()
 	var data *smtp.Reply
 	if res != nil {
+		// Counted per distinct reply: a transaction's 100 RCPTs are
+		// mostly one "250 2.1.5 OK".
+		type kind struct {
+			code     int
+			enhanced smtp.EnhancedCode
+		}
+		rcpts := map[kind]int{}
 		for _, r := range res.Rcpts {
-			s.m.reply(s.route, "rcpt", r)
+			if r != nil {
+				rcpts[kind{r.Code, r.Enhanced}]++
+			}
+		}
+		for k, n := range rcpts {
+			s.m.reply(s.route, "rcpt", &smtp.Reply{Code: k.code, Enhanced: k.enhanced}, n)
 		}
 		data = res.Data
-		s.m.reply(s.route, "data", data)
+		s.m.reply(s.route, "data", data, 1)
 	}
 	// A reply that failed the transaction elsewhere (MAIL, a 421).
 	var se *smtp.Error
 	if errors.As(err, &se) && (data == nil || *data != se.Reply) && !rcptReply(res, &se.Reply) {
-		s.m.reply(s.route, "other", &se.Reply)
+		s.m.reply(s.route, "other", &se.Reply, 1)
 	}
 	return res, err
 }
@@ -96,15 +107,16 @@ func rcptReply(res *smtp.Result, r *smtp.Reply) bool {
 	return false
 }
 
-func (m *Metrics) reply(route, stage string, r *smtp.Reply) {
+// reply counts n replies like r at stage.
+func (m *Metrics) reply(route, stage string, r *smtp.Reply, n int) {
 	if r == nil {
 		return
 	}
 	class := ""
 	if e := r.Enhanced; e != (smtp.EnhancedCode{}) {
-		class = fmt.Sprintf("%d.%d", e[0], e[1])
+		class = strconv.Itoa(e[0]) + "." + strconv.Itoa(e[1])
 	}
-	m.replies.WithLabelValues(route, stage, strconv.Itoa(r.Code), class).Inc()
+	m.replies.WithLabelValues(route, stage, strconv.Itoa(r.Code), class).Add(float64(n))
 }
 
 // messageOutcome is what became of one transaction's message: the error's
