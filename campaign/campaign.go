@@ -77,6 +77,9 @@ type Secrets struct {
 	// UnsubscribeKey makes one-click unsubscribe tokens
 	// (unsubscribe.LoadKey: $BLASTER_UNSUBSCRIBE_KEY or a key file).
 	UnsubscribeKey []byte
+	// BounceKey signs return paths (returnpath.LoadKey:
+	// $BLASTER_BOUNCE_KEY or a key file).
+	BounceKey []byte
 }
 
 // Content is the campaign's message as message.Content, with its
@@ -92,6 +95,9 @@ func content(from, subject, text, html string, s Settings, sec Secrets) (message
 		if u.OneClick && len(sec.UnsubscribeKey) == 0 {
 			return mc, errors.New("one-click unsubscribe needs the token key: set BLASTER_UNSUBSCRIBE_KEY or --unsubscribe-key-file")
 		}
+	}
+	if err := s.ReturnPath.check(sec); err != nil {
+		return mc, fmt.Errorf("return path: %w", err)
 	}
 	if d := s.DKIM; d != nil {
 		key, err := message.LoadDKIMKey(d.KeyFile)

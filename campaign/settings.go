@@ -33,6 +33,9 @@ type Settings struct {
 	Unsubscribe *Unsubscribe `json:"unsubscribe,omitempty"`
 	// DKIM signs every message (RFC 6376). nil for none.
 	DKIM *DKIM `json:"dkim,omitempty"`
+	// ReturnPath sends with a signed, per-campaign envelope sender so
+	// bounces can be fed back (`blaster bounces`). nil: the From address.
+	ReturnPath *ReturnPath `json:"return_path,omitempty"`
 }
 
 // Unsubscribe is the List-Unsubscribe policy; see message.Unsubscribe. The

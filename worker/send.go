@@ -319,6 +319,9 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 			size = m
 		}
 	}
+	if b.cc.perRecipientReturnPath() {
+		size = 1 // one return path per recipient: one transaction each
+	}
 	for i := 0; i < len(rcpts); i += size {
 		chunk := rcpts[i:min(i+size, len(rcpts))]
 		if wait, err := w.acquire(ctx, b, len(chunk)); err != nil || wait > 0 {
@@ -381,7 +384,7 @@ func (w *sendWorker) putBack(ctx context.Context, b *batch, rest []recipient, wa
 // in the next transaction on the same connection.
 func (w *sendWorker) transact(ctx context.Context, b *batch, sess transport.Session, rcpts []recipient, body []byte) error {
 	for len(rcpts) > 0 {
-		env := &smtp.Envelope{From: b.cc.envFrom, Rcpts: make([]smtp.Recipient, len(rcpts)), Size: int64(len(body))}
+		env := &smtp.Envelope{From: w.envelopeFrom(b, rcpts), Rcpts: make([]smtp.Recipient, len(rcpts)), Size: int64(len(body))}
 		for i, r := range rcpts {
 			env.Rcpts[i] = smtp.Recipient{Addr: r.email}
 		}
