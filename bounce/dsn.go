@@ -53,9 +53,10 @@ type Report struct {
 	// Envelope-To, X-Envelope-To), then its To addresses: where a signed
 	// return path is looked for when the envelope is not at hand.
 	DeliveredTo []string
-	// AutoReply is true for an automatic reply (Auto-Submitted:
-	// auto-replied, RFC 3834 §5; or a vacation/out-of-office subject): not a
-	// bounce.
+	// AutoReply is true for an automatic reply, not a bounce: a message
+	// without a delivery-status part or a status in its text that has a
+	// vacation/out-of-office subject, or Auto-Submitted: auto-replied (RFC
+	// 3834 §5) and a From that is no mailer daemon.
 	AutoReply bool
 }
 
@@ -146,7 +147,6 @@ func Parse(r io.Reader) (*Report, error) {
 	h := e.Header
 	rep.MessageID = strings.TrimSpace(strings.Trim(strings.TrimSpace(h.Get("Message-Id")), "<>"))
 	rep.Subject, _ = h.Text("Subject")
-	rep.AutoReply = isAutoReply(h)
 	for _, k := range []string{"Delivered-To", "X-Original-To", "Envelope-To", "X-Envelope-To", "To"} {
 		for _, v := range h.Values(k) {
 			rep.DeliveredTo = append(rep.DeliveredTo, addresses(v)...)
@@ -181,13 +181,20 @@ func Parse(r io.Reader) (*Report, error) {
 		// leaves to Walk: their text is never read as the bounce's.
 		return nil
 	})
-	if rep.DeliveryStatus || rep.AutoReply {
+	if rep.DeliveryStatus {
+		// DSNs carry Auto-Submitted: auto-replied too (RFC 3834 §5): the
+		// report decides.
+		return rep, nil
+	}
+	if vacationSubject(rep.Subject) {
+		rep.AutoReply = true
 		return rep, nil
 	}
 	// A non-standard bounce: the status from its text, for the recipients
 	// it names in X-Failed-Recipients (or none, for the return path to say).
 	st, code, line := statusFromText(text)
 	if st == "" && code == 0 {
+		rep.AutoReply = autoReplied(h)
 		return rep, nil
 	}
 	action := "failed"
@@ -203,20 +210,26 @@ func Parse(r io.Reader) (*Report, error) {
 	return rep, nil
 }
 
-// isAutoReply reports an automatic reply rather than a bounce (RFC 3834 §5:
-// Auto-Submitted: auto-replied; vacation programs' subjects).
-func isAutoReply(h message.Header) bool {
-	as := strings.ToLower(strings.TrimSpace(h.Get("Auto-Submitted")))
-	if strings.HasPrefix(as, "auto-replied") {
-		return true
-	}
-	subj := strings.ToLower(h.Get("Subject"))
+// vacationSubject reports the subject of a vacation or out-of-office
+// reply.
+func vacationSubject(subject string) bool {
+	subj := strings.ToLower(subject)
 	for _, s := range []string{"out of office", "out of the office", "autoreply", "auto-reply", "automatic reply", "vacation"} {
 		if strings.Contains(subj, s) {
 			return true
 		}
 	}
 	return false
+}
+
+// autoReplied reports an automatic reply (RFC 3834 §5: Auto-Submitted:
+// auto-replied) not sent by a mailer daemon, whose bounces carry the same
+// field.
+func autoReplied(h message.Header) bool {
+	as := strings.ToLower(strings.TrimSpace(h.Get("Auto-Submitted")))
+	from := strings.ToLower(h.Get("From"))
+	daemon := strings.Contains(from, "mailer-daemon") || strings.Contains(from, "postmaster")
+	return strings.HasPrefix(as, "auto-replied") && !daemon
 }
 
 // parseDeliveryStatus reads the field blocks of a delivery-status body
@@ -276,7 +289,7 @@ func parseDeliveryStatus(body io.Reader, rep *Report) error {
 			OriginalRecipient: strings.ToLower(bareAddress(typedValue(b.Get("Original-Recipient")))),
 			Action:            strings.ToLower(firstWord(b.Get("Action"))),
 			Status:            statusCode(firstWord(b.Get("Status"))),
-			RemoteMTA:         typedValue(b.Get("Remote-Mta")),
+			RemoteMTA:         collapseSpace(typedValue(b.Get("Remote-Mta"))),
 			Diagnostic:        collapseSpace(typedValue(b.Get("Diagnostic-Code"))),
 		}
 		rcpt.Code = leadingCode(rcpt.Diagnostic)

@@ -26,7 +26,8 @@ func newCampaignCmd(a *app) *cobra.Command {
 		Use:   "campaign",
 		Short: "Create, start and follow campaigns",
 	}
-	cmd.AddCommand(newCampaignCreateCmd(a), newCampaignStartCmd(a), newCampaignStatusCmd(a), newCampaignListCmd(a))
+	cmd.AddCommand(newCampaignCreateCmd(a), newCampaignStartCmd(a), newCampaignStatusCmd(a), newCampaignListCmd(a),
+		newCampaignReportCmd(a))
 	cmd.AddCommand(newLifecycleCmds(a)...)
 	for _, sub := range cmd.Commands() {
 		if strings.HasPrefix(sub.Use, sub.Name()+" ID") {
@@ -71,6 +72,8 @@ func newCampaignCreateCmd(a *app) *cobra.Command {
 		unsub              campaign.Unsubscribe
 		unsubKeyFile       string
 		dkim               campaign.DKIM
+		rp                 campaign.ReturnPath
+		bounceKeyFile      string
 	)
 	cmd := &cobra.Command{
 		Use:   "create --name N --list L --from ADDR --subject S --text FILE [--html FILE]",
@@ -106,6 +109,14 @@ The new campaign's id is printed alone on stdout.`,
 			}
 			if dkim.KeyFile != "" {
 				n.Settings.DKIM = &dkim
+			}
+			if n.Secrets.BounceKey, err = loadBounceKey(rp.Address, bounceKeyFile); err != nil {
+				return err
+			}
+			if rp.Address != "" {
+				n.Settings.ReturnPath = &rp
+			} else if rp.PerRecipient {
+				return errors.New("--return-path-per-recipient needs --return-path")
 			}
 			if unsub.OneClick {
 				if n.Secrets.UnsubscribeKey, err = unsubscribe.LoadKey(unsubKeyFile, os.Getenv); err != nil {
@@ -145,6 +156,10 @@ The new campaign's id is printed alone on stdout.`,
 	f.StringVar(&dkim.Domain, "dkim-domain", "", "DKIM signing domain (d=)")
 	f.StringVar(&dkim.Selector, "dkim-selector", "", "DKIM selector (s=)")
 	f.StringVar(&dkim.KeyFile, "dkim-key", "", "PEM file with the DKIM private key (RSA or Ed25519); every worker reads it")
+	f.StringVar(&rp.Address, "return-path", "", "signed return path base for bounces, e.g. bounces@bounce.example.test (see 'blaster bounces')")
+	f.BoolVar(&rp.PerRecipient, "return-path-per-recipient", false,
+		"a return path per recipient for a same-for-all campaign too (one SMTP transaction per recipient)")
+	f.StringVar(&bounceKeyFile, bounceKeyFlag, "", bounceKeyUsage)
 	for _, name := range []string{"name", "list", "from", "subject"} {
 		cmd.MarkFlagRequired(name)
 	}

@@ -84,6 +84,7 @@ recipient exactly once, keeping a per-recipient ledger in PostgreSQL.`,
 		newProbeCmd(a),
 		newSendCmd(a),
 		newQueueCmd(a),
+		newBouncesCmd(a),
 	)
 	return root
 }

@@ -36,6 +36,8 @@ type sendFlags struct {
 	wait               bool
 	pollInterval       time.Duration
 	stallHint          time.Duration
+	returnPath         string
+	bounceKeyFile      string
 }
 
 func newSendCmd(a *app) *cobra.Command {
@@ -79,6 +81,8 @@ was not sent.`,
 	f.DurationVar(&sf.pollInterval, "poll-interval", 500*time.Millisecond, "how often --wait reads the campaign's progress")
 	f.DurationVar(&sf.stallHint, "stall-hint", 15*time.Second,
 		"with --wait, warn on stderr when nothing has moved for this long (is a worker running?); 0 never")
+	f.StringVar(&sf.returnPath, "return-path", "", "signed return path base for bounces, e.g. bounces@bounce.example.test")
+	f.StringVar(&sf.bounceKeyFile, bounceKeyFlag, "", bounceKeyUsage)
 	cmd.MarkFlagRequired("from")
 	cmd.MarkFlagRequired("subject")
 	cmd.MarkFlagsMutuallyExclusive("text", "text-file")
@@ -138,8 +142,14 @@ func runSend(ctx context.Context, a *app, sf *sendFlags) error {
 	if name == "" {
 		name = "alert " + now.Format(time.RFC3339)
 	}
-	c, res, list, err := startAlert(ctx, pool, now, addrs, sf.list, campaign.New{
-		Name: name, Kind: campaign.Alert, From: sf.from, Subject: sf.subject, Text: text, HTML: html})
+	n := campaign.New{Name: name, Kind: campaign.Alert, From: sf.from, Subject: sf.subject, Text: text, HTML: html}
+	if n.Secrets.BounceKey, err = loadBounceKey(sf.returnPath, sf.bounceKeyFile); err != nil {
+		return err
+	}
+	if sf.returnPath != "" {
+		n.Settings.ReturnPath = &campaign.ReturnPath{Address: sf.returnPath}
+	}
+	c, res, list, err := startAlert(ctx, pool, now, addrs, sf.list, n)
 	if err != nil {
 		return err
 	}

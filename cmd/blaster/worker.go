@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/blaster-mail/blaster/metrics"
+	"github.com/blaster-mail/blaster/returnpath"
 	"github.com/blaster-mail/blaster/throttle"
 	"github.com/blaster-mail/blaster/unsubscribe"
 	"github.com/blaster-mail/blaster/worker"
@@ -21,12 +22,13 @@ import (
 
 func newWorkerCmd(a *app) *cobra.Command {
 	var (
-		tf           transportFlags
-		cfg          worker.Config
-		stopTimeout  time.Duration
-		unsubKeyFile string
-		throttleFile string
-		mo           metricsOpts
+		tf            transportFlags
+		cfg           worker.Config
+		stopTimeout   time.Duration
+		unsubKeyFile  string
+		throttleFile  string
+		bounceKeyFile string
+		mo            metricsOpts
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -65,6 +67,12 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 			if key, err := unsubscribe.LoadKey(unsubKeyFile, os.Getenv); err == nil {
 				cfg.Secrets.UnsubscribeKey = key
 			} else if unsubKeyFile != "" {
+				return err
+			}
+			// Campaigns with a return path need the key; others do not.
+			if key, err := returnpath.LoadKey(bounceKeyFile, os.Getenv); err == nil {
+				cfg.Secrets.BounceKey = key
+			} else if bounceKeyFile != "" {
 				return err
 			}
 			tcfg, err := throttle.LoadConfig(throttleFile)
@@ -142,6 +150,7 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 	f.StringVar(&throttleFile, "throttle-config", os.Getenv("BLASTER_THROTTLE_CONFIG"),
 		"TOML file of rates, connection caps and back-off rules (default: the shipped throttle/default.toml)")
 	f.StringVar(&unsubKeyFile, "unsubscribe-key-file", "", "file with the one-click unsubscribe token key (else $BLASTER_UNSUBSCRIBE_KEY)")
+	f.StringVar(&bounceKeyFile, bounceKeyFlag, "", bounceKeyUsage)
 	f.DurationVar(&cfg.FetchInterval, "poll-interval", 0, "how often to poll for jobs besides LISTEN/NOTIFY (default 1s)")
 	mo.register(f)
 	return cmd

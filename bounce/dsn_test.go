@@ -1,0 +1,196 @@
+package bounce
+
+import (
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+)
+
+const sampleReturnPath = "bounces+1-2-aaaaaaaaaaaaaaaa@bounce.example.test"
+
+func TestParseSamples(t *testing.T) {
+	for _, tc := range []struct {
+		file        string
+		messageID   string
+		standard    bool
+		autoReply   bool
+		deliveredTo string
+		want        []Recipient
+		classes     []Class
+		reason      string // NormalizeReason of the first diagnostic
+	}{
+		{
+			file: "postfix.eml", messageID: "20261201101204.4F2B81C0A3@relay.sender.example.test", standard: true,
+			autoReply: false, deliveredTo: sampleReturnPath,
+			want: []Recipient{{FinalRecipient: "nobody@alpha.example.test", OriginalRecipient: "nobody@alpha.example.test",
+				Action: "failed", Status: "5.1.1", RemoteMTA: "mx.alpha.example.test", Code: 550,
+				Diagnostic: "550 5.1.1 <nobody@alpha.example.test>: Recipient address rejected: User unknown in virtual mailbox table"}},
+			classes: []Class{Hard},
+			reason:  "<addr>: recipient address rejected: user unknown in virtual mailbox table",
+		},
+		{
+			file: "exim.eml", messageID: "E1tHk2Z-000Abc-0R@relay.sender.example.test", standard: true, deliveredTo: sampleReturnPath,
+			want: []Recipient{{FinalRecipient: "nobody@alpha.example.test", Action: "failed", Status: "5.1.1",
+				RemoteMTA: "mx.alpha.example.test", Code: 550,
+				Diagnostic: "550 5.1.1 <nobody@alpha.example.test>: Recipient address rejected: User unknown in local recipient table"}},
+			classes: []Class{Hard},
+			reason:  "<addr>: recipient address rejected: user unknown in local recipient table",
+		},
+		{
+			file: "exchange.eml", messageID: "9f8e7d6c-5b4a-4c3d-8e2f-1a0b9c8d7e6f@EX02.corp.example.test", standard: true,
+			deliveredTo: sampleReturnPath,
+			want: []Recipient{{FinalRecipient: "nobody@alpha.example.test", OriginalRecipient: "nobody@alpha.example.test",
+				Action: "failed", Status: "5.1.10", Code: 550,
+				Diagnostic: "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup"}},
+			classes: []Class{Hard},
+			reason:  "resolver.adr.recipientnotfound; recipient not found by smtp address lookup",
+		},
+		{
+			file: "gmail.eml", messageID: "6752f0a1.050a0220.2b3c4d.0000.GMR@mx.google.example.test", standard: true,
+			deliveredTo: sampleReturnPath,
+			want: []Recipient{{FinalRecipient: "nobody@alpha.example.test", Action: "failed", Status: "5.1.1", Code: 550,
+				RemoteMTA:  "gmail-smtp-in.l.google.example.test. (2607:f8b0:4864:20::12b, the server for the domain alpha.example.test.)",
+				Diagnostic: "550-5.1.1 The email account that you tried to reach does not exist. Please try double-checking the recipient's email address for typos or unnecessary spaces. For more information, go to https://support.google.example.test/mail/?p=NoSuchUser 41be03b00d2f7-5d6c2a0c3esi1234567a.123 - gsmtp"}},
+			classes: []Class{Hard},
+			reason:  "the email account that you tried to reach does not exist. please try double-checking the recipient's email address for",
+		},
+		{
+			file: "postfix-delayed.eml", messageID: "20261201141204.9A0B11C0B5@relay.sender.example.test", standard: true,
+			deliveredTo: sampleReturnPath,
+			want: []Recipient{{FinalRecipient: "full@alpha.example.test", OriginalRecipient: "full@alpha.example.test",
+				Action: "delayed", Status: "4.2.2", RemoteMTA: "mx.alpha.example.test", Code: 452,
+				Diagnostic: "452 4.2.2 <full@alpha.example.test>: Mailbox full"}},
+			classes: []Class{Soft},
+			reason:  "<addr>: mailbox full",
+		},
+		{
+			file: "qmail.eml", standard: false, deliveredTo: sampleReturnPath,
+			want:    []Recipient{{Action: "failed", Status: "5.1.1", Diagnostic: "Sorry, no mailbox here by that name. (#5.1.1)"}},
+			classes: []Class{Hard},
+			reason:  "sorry, no mailbox here by that name. #",
+		},
+		{
+			file: "multi.eml", messageID: "multi.1@relay.sender.example.test", standard: true,
+			deliveredTo: "bounces+1-aaaaaaaaaaaaaaaa@bounce.example.test",
+			want: []Recipient{
+				{FinalRecipient: "gone@beta.example.test", Action: "failed", Status: "5.1.1", Code: 550, Diagnostic: "550 5.1.1 User unknown"},
+				{FinalRecipient: "later@beta.example.test", Action: "delayed", Status: "4.4.1",
+					Diagnostic: "connect to mx.beta.example.test[192.0.2.33]:25: Connection timed out"},
+				{FinalRecipient: "ok@beta.example.test", Action: "delivered", Status: "2.0.0"},
+			},
+			classes: []Class{Hard, Soft, None},
+			reason:  "user unknown",
+		},
+		{
+			file: "success.eml", messageID: "success.1@relay.sender.example.test", standard: true, deliveredTo: sampleReturnPath,
+			want: []Recipient{{FinalRecipient: "somebody@alpha.example.test", Action: "relayed", Status: "2.0.0",
+				RemoteMTA: "mx.alpha.example.test", Code: 250, Diagnostic: "250 2.0.0 Ok: queued as 0A1B2C"}},
+			classes: []Class{None},
+			reason:  "ok: queued as #",
+		},
+		{file: "autoreply.eml", messageID: "ooo.1@alpha.example.test", autoReply: true, deliveredTo: sampleReturnPath},
+	} {
+		t.Run(tc.file, func(t *testing.T) {
+			f, err := os.Open(filepath.Join("testdata", tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			rep, err := Parse(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.MessageID != tc.messageID || rep.DeliveryStatus != tc.standard || rep.AutoReply != tc.autoReply {
+				t.Errorf("MessageID %q, DeliveryStatus %v, AutoReply %v; want %q, %v, %v",
+					rep.MessageID, rep.DeliveryStatus, rep.AutoReply, tc.messageID, tc.standard, tc.autoReply)
+			}
+			if len(rep.DeliveredTo) == 0 || rep.DeliveredTo[0] != tc.deliveredTo {
+				t.Errorf("DeliveredTo = %q, want %q first", rep.DeliveredTo, tc.deliveredTo)
+			}
+			if !reflect.DeepEqual(rep.Recipients, tc.want) {
+				t.Errorf("Recipients:\n got %#v\nwant %#v", rep.Recipients, tc.want)
+			}
+			for i, c := range tc.classes {
+				if i < len(rep.Recipients) && rep.Recipients[i].Class() != c {
+					t.Errorf("recipient %d class %q, want %q", i, rep.Recipients[i].Class(), c)
+				}
+			}
+			if tc.reason != "" && len(rep.Recipients) > 0 {
+				if got := NormalizeReason(rep.Recipients[0].Diagnostic); got != tc.reason {
+					t.Errorf("NormalizeReason = %q, want %q", got, tc.reason)
+				}
+			}
+		})
+	}
+}
+
+// TestNormalizeReasonGroups: the same cause for different recipients and
+// queue ids normalizes to one reason.
+func TestNormalizeReasonGroups(t *testing.T) {
+	a := NormalizeReason("550 5.1.1 <ann@alpha.example.test>: Recipient address rejected: User unknown (queue 4F2B81C0A3)")
+	b := NormalizeReason("550 5.1.1 <bob@beta.example.test>: Recipient address rejected: User unknown (queue 9A0B11C0B5)")
+	if a != b {
+		t.Fatalf("%q != %q", a, b)
+	}
+}
+
+func TestClass(t *testing.T) {
+	for _, tc := range []struct {
+		r    Recipient
+		want Class
+	}{
+		{Recipient{Action: "failed", Status: "5.7.1"}, Hard},
+		{Recipient{Action: "failed", Status: "4.4.7"}, Soft}, // expired in a queue: the address may be fine
+		{Recipient{Action: "delayed", Status: "5.0.0"}, Soft},
+		{Recipient{Action: "failed", Code: 554}, Hard},
+		{Recipient{Action: "failed"}, Soft},
+		{Recipient{Action: "delivered", Status: "2.0.0"}, None},
+		{Recipient{Action: "expanded"}, None},
+		{Recipient{Status: "5.1.1"}, Hard},
+	} {
+		if got := tc.r.Class(); got != tc.want {
+			t.Errorf("%+v: Class %q, want %q", tc.r, got, tc.want)
+		}
+	}
+}
+
+func TestParseNotAMessage(t *testing.T) {
+	if _, err := Parse(strings.NewReader(" leading space\r\nis no header\r\n")); err == nil {
+		t.Fatal("Parse accepted a header that starts with a continuation line")
+	}
+	rep, err := Parse(strings.NewReader("Subject: hi\r\n\r\nplain text, no status here\r\n"))
+	if err != nil || len(rep.Recipients) != 0 || rep.DeliveryStatus {
+		t.Fatalf("plain message = %+v, %v; want no recipients", rep, err)
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	files, _ := filepath.Glob(filepath.Join("testdata", "*.eml"))
+	for _, name := range files {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		rep, err := ParseBytes(b)
+		if err != nil {
+			return
+		}
+		if len(rep.Recipients) > maxRecipients+1 {
+			t.Fatalf("%d recipients, over the limit", len(rep.Recipients))
+		}
+		for _, r := range rep.Recipients {
+			if r.Status != "" && statusCode(r.Status) != r.Status {
+				t.Fatalf("status %q is not a status code", r.Status)
+			}
+			_ = r.Class()
+			if n := NormalizeReason(r.Diagnostic); len(n) > 120 {
+				t.Fatalf("reason of %d bytes", len(n))
+			}
+		}
+	})
+}
