@@ -100,11 +100,11 @@ func seed(t *testing.T, pool *pgxpool.Pool, n int) map[string]int64 {
 	return ids
 }
 
-func newCampaign(t *testing.T, pool *pgxpool.Pool, personalized bool) int64 {
+func newCampaign(t *testing.T, pool *pgxpool.Pool, personalized, perRecipient bool) int64 {
 	t.Helper()
 	n := campaign.New{Name: fmt.Sprintf("personalized=%v", personalized), List: "news", From: "News <news@sender.example.test>",
 		Subject: "Weekly news", Text: "Hello all\n",
-		Settings: campaign.Settings{ReturnPath: &campaign.ReturnPath{Address: base}},
+		Settings: campaign.Settings{ReturnPath: &campaign.ReturnPath{Address: base, PerRecipient: perRecipient}},
 		Secrets:  campaign.Secrets{BounceKey: testKey}}
 	if personalized {
 		n.Text = "Hello {{.Name}}\n"
@@ -204,9 +204,11 @@ func TestEndToEnd(t *testing.T) {
 	if err := w.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	pers := newCampaign(t, pool, true)
-	shared := newCampaign(t, pool, false)
-	waitDone(t, pool, pers, shared)
+	pers := newCampaign(t, pool, true, false)
+	shared := newCampaign(t, pool, false, false)
+	// Same for all, but asking for a return path per recipient.
+	sharedVERP := newCampaign(t, pool, false, true)
+	waitDone(t, pool, pers, shared, sharedVERP)
 	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := w.Stop(stopCtx); err != nil {
@@ -214,7 +216,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 
 	// The envelopes the server saw.
-	perTx, sharedTx, sharedRcpts := 0, 0, 0
+	perTx, sharedTx, sharedRcpts, verpTx := 0, 0, 0, 0
 	for _, tx := range env.all() {
 		tag, err := signer.Verify(tx.from)
 		if err != nil {
@@ -224,8 +226,12 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("MAIL FROM %q is not under %s", tx.from, base)
 		}
 		switch tag.CampaignID {
-		case pers:
-			perTx++
+		case pers, sharedVERP:
+			if tag.CampaignID == pers {
+				perTx++
+			} else {
+				verpTx++
+			}
 			if len(tx.rcpts) != 1 || tag.ContactID != ids[tx.rcpts[0]] {
 				t.Fatalf("personalized transaction from %q to %q: want one recipient, the one the return path names (contact %d)",
 					tx.from, tx.rcpts, tag.ContactID)
@@ -240,9 +246,9 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("MAIL FROM %q names campaign %d", tx.from, tag.CampaignID)
 		}
 	}
-	if perTx != 20 || sharedTx != 2 || sharedRcpts != 20 {
-		t.Fatalf("server saw %d personalized transactions, %d same-for-all ones with %d recipients; want 20, 2 (one per domain), 20",
-			perTx, sharedTx, sharedRcpts)
+	if perTx != 20 || sharedTx != 2 || sharedRcpts != 20 || verpTx != 20 {
+		t.Fatalf("server saw %d personalized transactions, %d same-for-all ones with %d recipients, %d per-recipient same-for-all ones; "+
+			"want 20, 2 (one per domain), 20, 20", perTx, sharedTx, sharedRcpts, verpTx)
 	}
 
 	vp := func(email string) string { // the personalized campaign's return path of a recipient

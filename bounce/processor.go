@@ -358,16 +358,24 @@ var (
 	hashes    = regexp.MustCompile(`#(\s+#)+`)
 )
 
+// maxReason is the longest normalized reason, in bytes.
+const maxReason = 120
+
 // NormalizeReason reduces a diagnostic to what bounces of one cause share,
-// for grouping: lower case, addresses as "addr", reply and status codes
-// dropped (the status is grouped on by itself), words with digits (queue
-// ids, IPs, counts) as "#", spaces collapsed, at most 120 bytes.
+// for grouping: lower case, addresses as "addr", a leading reply code
+// dropped (the status is grouped on by itself), words with digits (status
+// codes, queue ids, IPs, counts) as "#", spaces collapsed, at most 120 bytes.
 func NormalizeReason(diag string) string {
 	s := strings.ToLower(diag)
 	s = addrRe.ReplaceAllString(s, "addr")
 	s = replyPfx.ReplaceAllString(s, " ")
-	s = enhancedRe.ReplaceAllString(s, " ")
 	s = digitWord.ReplaceAllString(s, "#")
-	s = hashes.ReplaceAllString(collapseSpace(s), "#")
-	return truncate(strings.TrimSpace(s), 120)
+	s = strings.TrimSpace(hashes.ReplaceAllString(collapseSpace(s), "#"))
+	if len(s) > maxReason {
+		s = truncate(s, maxReason)
+		if i := strings.LastIndexByte(s, ' '); i > 0 {
+			s = s[:i] // a whole word, not a piece of one
+		}
+	}
+	return s
 }
