@@ -1,0 +1,145 @@
+package bounce_test
+
+import (
+	"context"
+	"errors"
+	"net/smtp"
+	"net/textproto"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/blaster-mail/blaster/bounce"
+	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/returnpath"
+)
+
+// oneRecipient creates a started campaign with one recipient, sent, and
+// returns its id, the contact's id and a processor.
+func oneRecipient(t *testing.T) (int64, int64, *bounce.Processor) {
+	t.Helper()
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	ids := seed(t, pool, 1)
+	id := newCampaign(t, pool, true, false)
+	if _, err := pool.Exec(ctx, "UPDATE deliveries SET state = 'sent'"); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := returnpath.NewSigner(testKey)
+	return id, ids["user00@alpha.example.test"], &bounce.Processor{Pool: pool, Signer: s}
+}
+
+// TestServerRefuses: the receiver takes mail only for signed return paths,
+// refuses what is too big, and answers 451 when the bounce cannot be
+// recorded, so the sending MTA keeps it and tries again.
+func TestServerRefuses(t *testing.T) {
+	id, contactID, p := oneRecipient(t)
+	rp, _ := p.Signer.Address(base, id, contactID)
+	srv, err := bounce.NewServer(bounce.ServerConfig{Processor: p, MaxMessageBytes: 64 << 10, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(context.Background()) })
+	code := func(err error) int {
+		var pe *textproto.Error
+		if errors.As(err, &pe) {
+			return pe.Code
+		}
+		return 0
+	}
+	msg := dsn(t, "postfix.eml", rp, "user00@alpha.example.test", "s1@relay.example.test")
+	for _, to := range []string{"bounces@bounce.example.test", "postmaster@bounce.example.test", strings.Replace(rp, "bounces+", "bounces+9", 1)} {
+		if err := smtp.SendMail(srv.Addr(), nil, "", []string{to}, msg); code(err) != 550 {
+			t.Errorf("RCPT %s: %v, want 550", to, err)
+		}
+	}
+	// A message announced bigger than the limit (RFC 1870 SIZE) is refused
+	// at MAIL.
+	c, err := textproto.Dial("tcp", srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.ReadResponse(220)
+	c.Cmd("EHLO mta.example.test")
+	if _, ext, err := c.ReadResponse(250); err != nil || !strings.Contains(ext, "SIZE 65536") {
+		t.Errorf("EHLO: %q, %v; want SIZE 65536 announced", ext, err)
+	}
+	c.Cmd("MAIL FROM:<> SIZE=200000")
+	if _, _, err := c.ReadResponse(250); code(err) != 552 {
+		t.Errorf("MAIL with SIZE over the limit: %v, want 552", err)
+	}
+	c.Close()
+	p.Pool.(interface{ Close() }).Close() // the database goes away
+	if err := smtp.SendMail(srv.Addr(), nil, "", []string{rp}, msg); code(err) != 451 {
+		t.Errorf("with the database gone: %v, want 451", err)
+	}
+	if s := srv.Summary(); s.Messages != 0 {
+		t.Errorf("summary %+v, want nothing processed", s)
+	}
+}
+
+// TestMaildirFlags: messages a reader already marked seen are left alone;
+// processed ones keep their flags and gain S.
+func TestMaildirFlags(t *testing.T) {
+	id, contactID, p := oneRecipient(t)
+	rp, _ := p.Signer.Address(base, id, contactID)
+	dir := t.TempDir()
+	if _, err := p.ProcessMaildir(context.Background(), dir); err == nil || !strings.Contains(err.Error(), "not a Maildir") {
+		t.Fatalf("ProcessMaildir of an empty directory: %v, want 'not a Maildir'", err)
+	}
+	for _, d := range []string{"new", "cur", "tmp"} {
+		os.Mkdir(filepath.Join(dir, d), 0o755)
+	}
+	msg := dsn(t, "postfix.eml", rp, "user00@alpha.example.test", "f1@relay.example.test")
+	os.WriteFile(filepath.Join(dir, "cur", "1.x.host:2,S"), msg, 0o644)
+	os.WriteFile(filepath.Join(dir, "cur", "2.x.host:2,F"), dsn(t, "postfix-delayed.eml", rp, "user00@alpha.example.test", "f2@x"), 0o644)
+	sum, err := p.ProcessMaildir(context.Background(), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum != (bounce.Summary{Messages: 1, Soft: 1}) {
+		t.Errorf("summary %+v, want the unseen message only", sum)
+	}
+	entries, _ := os.ReadDir(filepath.Join(dir, "cur"))
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	if strings.Join(names, " ") != "1.x.host:2,S 2.x.host:2,FS" {
+		t.Errorf("cur/ holds %q", names)
+	}
+}
+
+// TestMbox: ">From " lines are unescaped, messages split on "From " lines,
+// and a file that is no mbox is refused with its line.
+func TestMbox(t *testing.T) {
+	id, contactID, p := oneRecipient(t)
+	rp, _ := p.Signer.Address(base, id, contactID)
+	msg := strings.Replace(string(dsn(t, "qmail.eml", rp, "user00@alpha.example.test", "")),
+		"Sorry, no mailbox", ">From here: Sorry, no mailbox", 1)
+	mbox := "From MAILER-DAEMON Tue Dec  1 10:12:04 2026\n" + strings.Replace(msg, ">From here", ">>From here", 1) + "\n"
+	sum, err := p.ProcessMbox(context.Background(), strings.NewReader(mbox), "test.mbox")
+	if err != nil || sum != (bounce.Summary{Messages: 1, Hard: 1}) {
+		t.Fatalf("ProcessMbox = %+v, %v", sum, err)
+	}
+	var diag string
+	p.Pool.QueryRow(context.Background(), "SELECT diagnostic FROM bounce_events").Scan(&diag)
+	if diag != ">From here: Sorry, no mailbox here by that name. (#5.1.1)" {
+		t.Errorf("diagnostic %q: the >From line was not unescaped once", diag)
+	}
+	// The same message on stdin has the same bytes: one event, no new one.
+	sum, err = p.ProcessReader(context.Background(), strings.NewReader(msg), "stdin")
+	if err != nil || sum != (bounce.Summary{Messages: 1, Duplicates: 1}) {
+		t.Errorf("the mbox's message again on stdin: %+v, %v; want a duplicate", sum, err)
+	}
+	if _, err := p.ProcessMbox(context.Background(), strings.NewReader("\nReturn-Path: <>\n"), "x.mbox"); err == nil ||
+		!strings.Contains(err.Error(), "x.mbox:2:") {
+		t.Errorf("a file that is no mbox: %v, want an error at x.mbox:2", err)
+	}
+}
+
