@@ -142,4 +142,3 @@ func TestMbox(t *testing.T) {
 		t.Errorf("a file that is no mbox: %v, want an error at x.mbox:2", err)
 	}
 }
-
