@@ -201,11 +201,8 @@ func (s *Signer) Verify(addr string) (Tag, error) {
 // parseID accepts a positive decimal id in canonical form (no sign, no
 // leading zeros), so each tag has exactly one spelling.
 func parseID(s string) (int64, error) {
-	if s == "" || s[0] < '1' || s[0] > '9' {
-		return 0, fmt.Errorf("%q is not a positive id", s)
-	}
 	id, err := strconv.ParseInt(s, 10, 64)
-	if err != nil {
+	if err != nil || id <= 0 || strconv.FormatInt(id, 10) != s {
 		return 0, fmt.Errorf("%q is not a positive id", s)
 	}
 	return id, nil
