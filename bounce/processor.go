@@ -184,11 +184,28 @@ func containsTag(tags []returnpath.Tag, t returnpath.Tag) bool {
 // dsnKey identifies a bounce message across reads: its Message-ID, else a
 // hash of its bytes.
 func dsnKey(rep *Report, raw []byte) string {
-	if rep.MessageID != "" {
-		return "mid:" + rep.MessageID
+	if id := clean(rep.MessageID); id != "" {
+		if len(id) <= maxKeyID {
+			return "mid:" + id
+		}
+		sum := sha256.Sum256([]byte(id)) // a key that fits a btree entry
+		return "mid-sha256:" + hex.EncodeToString(sum[:])
 	}
 	sum := sha256.Sum256(raw)
 	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// maxKeyID is the longest Message-ID used in a key as it is.
+const maxKeyID = 200
+
+// maxAddress is the longest address taken from a report (RFC 5321
+// §4.5.3.1.3: a path is at most 256 octets); longer ones are no addresses.
+const maxAddress = 256
+
+// clean makes text from a message storable: valid UTF-8 without NUL
+// bytes, which PostgreSQL's text refuses.
+func clean(s string) string {
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "")
 }
 
 // events turns the report into events for the campaign (and recipient) of
@@ -239,7 +256,7 @@ func (p *Processor) events(ctx context.Context, q campaign.Querier, t returnpath
 	seen := map[string]bool{}
 	for i := range bounces {
 		r := &bounces[i]
-		if r.Address() == "" || seen[r.Address()] {
+		if r.Address() == "" || len(r.Address()) > maxAddress || seen[r.Address()] {
 			continue
 		}
 		seen[r.Address()] = true
@@ -307,6 +324,8 @@ func worst(rs []Recipient, email string) *Recipient {
 // and the address is suppressed for every sender.
 func (p *Processor) record(ctx context.Context, tx pgx.Tx, key string, standard bool, source string, ev event) (bool, error) {
 	r := ev.rcpt
+	r.Action, r.Status, r.Diagnostic = clean(r.Action), clean(r.Status), clean(r.Diagnostic)
+	ev.email, source = clean(ev.email), clean(source)
 	var code *int
 	if r.Code != 0 {
 		code = &r.Code

@@ -142,3 +142,29 @@ func TestMbox(t *testing.T) {
 		t.Errorf("a file that is no mbox: %v, want an error at x.mbox:2", err)
 	}
 }
+
+// TestHostileBounce: a NUL byte and invalid UTF-8 in a diagnostic, a
+// Message-ID of 5000 bytes and a 1000-byte "address": recorded, not a
+// database error that would stop a Maildir run for good.
+func TestHostileBounce(t *testing.T) {
+	id, contactID, p := oneRecipient(t)
+	rp, _ := p.Signer.Address(base, id, contactID)
+	msg := string(dsn(t, "postfix.eml", rp, "user00@alpha.example.test", strings.Repeat("x", 5000)+"@relay.example.test"))
+	msg = strings.Replace(msg, "Recipient address\n    rejected", "Recipient\x00 address \xff\xfe\n    rejected", 1)
+	msg = strings.Replace(msg, "Final-Recipient: rfc822; user00@alpha.example.test",
+		"Final-Recipient: rfc822; user00@alpha.example.test\n\nFinal-Recipient: rfc822; "+strings.Repeat("y", 1000)+"@x\nAction: failed\nStatus: 5.1.1", 1)
+	for want := range 2 {
+		sum, err := p.ProcessReader(context.Background(), strings.NewReader(msg), "stdin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sum.Hard+sum.Duplicates != 1 || sum.Duplicates != want {
+			t.Fatalf("run %d: %+v, want one hard bounce, then a duplicate", want+1, sum)
+		}
+	}
+	var diag string
+	p.Pool.QueryRow(context.Background(), "SELECT diagnostic FROM bounce_events").Scan(&diag)
+	if !strings.Contains(diag, "Recipient address \uFFFD") {
+		t.Errorf("diagnostic %q", diag)
+	}
+}
