@@ -42,6 +42,10 @@ type Result struct {
 	Duplicates int
 	// Ignored says why the message was not applied ("" when it was).
 	Ignored string
+	// Later is true when a hard bounce names a delivery whose outcome a
+	// worker is still recording (state sending: the bounce overtook the
+	// worker's commit). Nothing was recorded; read the message again later.
+	Later bool
 }
 
 // Summary sums Results over a source. Its JSON field names are stable.
@@ -52,6 +56,8 @@ type Summary struct {
 	Unmatched  int `json:"unmatched"`
 	Duplicates int `json:"duplicates"`
 	Ignored    int `json:"ignored"`
+	// Later are messages left to be read again (Result.Later).
+	Later int `json:"later"`
 }
 
 // Add counts r in s.
@@ -64,6 +70,9 @@ func (s *Summary) Add(r Result) {
 	if r.Ignored != "" {
 		s.Ignored++
 	}
+	if r.Later {
+		s.Later++
+	}
 }
 
 // Merge adds o's counts to s.
@@ -74,6 +83,7 @@ func (s *Summary) Merge(o Summary) {
 	s.Unmatched += o.Unmatched
 	s.Duplicates += o.Duplicates
 	s.Ignored += o.Ignored
+	s.Later += o.Later
 }
 
 func (p *Processor) logger() *slog.Logger {
@@ -148,6 +158,10 @@ func (p *Processor) Process(ctx context.Context, raw []byte, envelope []string, 
 	}
 	for _, ev := range events {
 		added, err := p.record(ctx, tx, key, rep.DeliveryStatus, source, ev)
+		if errors.Is(err, errInFlight) {
+			log.Info("bounce for a delivery still in flight: later", "campaign", ev.campaignID, "email", ev.email)
+			return Result{Later: true}, nil
+		}
 		if err != nil {
 			return Result{}, fmt.Errorf("processing bounce from %s: %w", source, err)
 		}
@@ -318,10 +332,15 @@ func worst(rs []Recipient, email string) *Recipient {
 	return best
 }
 
+// errInFlight is record's answer for a delivery still being sent.
+var errInFlight = errors.New("delivery still in flight")
+
 // record inserts ev unless this message already reported it, and applies a
 // new hard bounce: the delivery becomes bounced (even if it was sent: the
 // relay took it and it bounced later) with the status and diagnostic kept,
-// and the address is suppressed for every sender.
+// and the address is suppressed for every sender. A delivery already
+// bounced, expired or cancelled keeps its state. A delivery still sending
+// gives errInFlight: the worker's record would overwrite the bounce.
 func (p *Processor) record(ctx context.Context, tx pgx.Tx, key string, standard bool, source string, ev event) (bool, error) {
 	r := ev.rcpt
 	r.Action, r.Status, r.Diagnostic = clean(r.Action), clean(r.Status), clean(r.Diagnostic)
@@ -356,12 +375,25 @@ func (p *Processor) record(ctx context.Context, tx pgx.Tx, key string, standard 
 	if r.Status != "" {
 		enhanced = &r.Status
 	}
-	if _, err := tx.Exec(ctx, `
-		UPDATE deliveries SET state = 'bounced', last_code = $3, last_enhanced = $4, last_text = $5,
-		       next_attempt_at = NULL, updated_at = now()
-		WHERE campaign_id = $1 AND contact_id = $2 AND state IN ('sent', 'unknown', 'deferred')`,
-		ev.campaignID, *ev.contactID, code, enhanced, text); err != nil {
-		return false, fmt.Errorf("marking %s bounced: %w", ev.email, err)
+	var state string
+	if err := tx.QueryRow(ctx, `SELECT state FROM deliveries WHERE campaign_id = $1 AND contact_id = $2 FOR UPDATE`,
+		ev.campaignID, *ev.contactID).Scan(&state); err != nil {
+		return false, fmt.Errorf("reading delivery of %s: %w", ev.email, err)
+	}
+	switch state {
+	case campaign.StateSending:
+		// The worker will write its outcome over ours.
+		return false, errInFlight
+	case campaign.StateSent, campaign.StateUnknown, campaign.StateDeferred, campaign.StateQueued:
+		// Accepted and bounced later; or about to be tried again, which a
+		// dead address spares (the batch's job closes the batch).
+		if _, err := tx.Exec(ctx, `
+			UPDATE deliveries SET state = 'bounced', last_code = $3, last_enhanced = $4, last_text = $5,
+			       next_attempt_at = NULL, updated_at = now()
+			WHERE campaign_id = $1 AND contact_id = $2`,
+			ev.campaignID, *ev.contactID, code, enhanced, text); err != nil {
+			return false, fmt.Errorf("marking %s bounced: %w", ev.email, err)
+		}
 	}
 	detail := strings.TrimSpace(r.Status + " " + text)
 	if err := contact.Suppress(ctx, tx, "", ev.email, contact.ReasonBounced, truncate(detail, 500), ev.campaignID); err != nil {

@@ -50,8 +50,9 @@ func (c ServerConfig) WithDefaults() ServerConfig {
 // Server is a small SMTP server (emersion/go-smtp) for the return-path
 // domain: it accepts mail only for validly signed return paths (550 5.1.1
 // for any other address) and processes each message as it arrives. A
-// message the database could not take is answered 451, so the sending MTA
-// tries again later. It is not an MTA: it relays nothing.
+// message the database could not take, or whose delivery a worker is still
+// recording (Result.Later), is answered 451, so the sending MTA tries again
+// later. It is not an MTA: it relays nothing.
 type Server struct {
 	cfg    ServerConfig
 	server *gosmtp.Server
@@ -169,6 +170,10 @@ func (ss *session) Data(r io.Reader) error {
 	ss.s.mu.Lock()
 	ss.s.sum.Add(res)
 	ss.s.mu.Unlock()
+	if res.Later {
+		return &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 3, 0},
+			Message: "the delivery is still being recorded, try again later"}
+	}
 	return nil
 }
 

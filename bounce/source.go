@@ -46,7 +46,8 @@ func (p *Processor) ProcessReader(ctx context.Context, r io.Reader, source strin
 // ProcessMaildir processes the messages of a Maildir (new/ and cur/) not
 // yet processed, and marks each one processed by moving it to cur/ with the
 // Seen flag ("S" in the ":2," info, as an IMAP server would mark it read):
-// a second run reads none of them again. A message a mail reader marked
+// a second run reads none of them again (except those whose Result was
+// Later, left for the next run). A message a mail reader marked
 // seen first is skipped too, so the directory should be blaster's alone;
 // were one read twice anyway, the bounce_events key counts it once. A
 // database error stops the run with the message left unmarked.
@@ -93,6 +94,9 @@ func (p *Processor) ProcessMaildir(ctx context.Context, dir string) (Summary, er
 				return sum, err
 			}
 			sum.Add(res)
+			if res.Later {
+				continue // left as it is, for the next run
+			}
 			seen := filepath.Join(dir, "cur", base+":2,"+addFlag(flags, 'S'))
 			if err := os.Rename(path, seen); err != nil {
 				return sum, fmt.Errorf("marking %s processed: %w", path, err)
@@ -119,7 +123,8 @@ const maxMboxLine = 1 << 20
 // ProcessMbox processes every message of an mbox file (the mboxrd/mboxo
 // family: a line starting with "From " begins a message; ">From " lines,
 // any number of '>', lose one '>'). The file is not changed: run again, it
-// counts nothing twice (bounce_events is keyed by message). Messages are
+// counts nothing twice (bounce_events is keyed by message), and applies the
+// messages that were Later. Messages are
 // read one at a time; one over DefaultMaxMessageBytes is cut there.
 func (p *Processor) ProcessMbox(ctx context.Context, r io.Reader, name string) (Summary, error) {
 	var sum Summary

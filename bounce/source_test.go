@@ -168,3 +168,39 @@ func TestHostileBounce(t *testing.T) {
 		t.Errorf("diagnostic %q", diag)
 	}
 }
+
+// TestInFlight: a hard bounce that overtakes the worker's record (the
+// delivery is still sending) is left for the next run, then applied.
+func TestInFlight(t *testing.T) {
+	id, contactID, p := oneRecipient(t)
+	ctx := context.Background()
+	rp, _ := p.Signer.Address(base, id, contactID)
+	dir := t.TempDir()
+	for _, d := range []string{"new", "cur", "tmp"} {
+		os.Mkdir(filepath.Join(dir, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(dir, "new", "1.x.host"), dsn(t, "postfix.eml", rp, "user00@alpha.example.test", "i1@x"), 0o644)
+	p.Pool.Exec(ctx, "UPDATE deliveries SET state = 'sending'")
+	sum, err := p.ProcessMaildir(ctx, dir)
+	if err != nil || sum != (bounce.Summary{Messages: 1, Later: 1}) {
+		t.Fatalf("while sending: %+v, %v; want the message left for later", sum, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "new", "1.x.host")); err != nil {
+		t.Fatalf("the message left for later was moved: %v", err)
+	}
+	var events int
+	p.Pool.QueryRow(ctx, "SELECT count(*) FROM bounce_events").Scan(&events)
+	if events != 0 {
+		t.Fatalf("%d events recorded for a bounce left for later", events)
+	}
+	p.Pool.Exec(ctx, "UPDATE deliveries SET state = 'sent'") // the worker's record
+	sum, err = p.ProcessMaildir(ctx, dir)
+	if err != nil || sum != (bounce.Summary{Messages: 1, Hard: 1}) {
+		t.Fatalf("after the record: %+v, %v; want it applied", sum, err)
+	}
+	var state string
+	p.Pool.QueryRow(ctx, "SELECT state FROM deliveries").Scan(&state)
+	if state != "bounced" {
+		t.Fatalf("delivery %s, want bounced", state)
+	}
+}

@@ -51,7 +51,9 @@ when listening) is ignored.
 The signing key is the workers': $` + returnpath.KeyEnv + ` or --bounce-key-file.
 Prints what was read: messages, hard and soft bounces recorded, bounces of
 addresses that are no recipient of the campaign (unmatched), duplicates (seen
-before) and ignored messages.`,
+before), ignored messages, and those left for a later run (later: a hard
+bounce for a delivery a worker is still recording; a Maildir keeps them in
+new/, an mbox is read again whole).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
@@ -146,8 +148,8 @@ func processMboxFile(ctx context.Context, p *bounce.Processor, name string) (bou
 }
 
 func writeBounceSummary(w io.Writer, s bounce.Summary) {
-	fmt.Fprintf(w, "messages %d: hard %d, soft %d, unmatched %d, duplicates %d, ignored %d\n",
-		s.Messages, s.Hard, s.Soft, s.Unmatched, s.Duplicates, s.Ignored)
+	fmt.Fprintf(w, "messages %d: hard %d, soft %d, unmatched %d, duplicates %d, ignored %d, later %d\n",
+		s.Messages, s.Hard, s.Soft, s.Unmatched, s.Duplicates, s.Ignored, s.Later)
 }
 
 func newCampaignReportCmd(a *app) *cobra.Command {
