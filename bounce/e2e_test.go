@@ -74,7 +74,7 @@ func (s *envSession) Logout() error { return nil }
 
 // seed inserts n contacts user00..@alpha/beta.example.test into list news
 // and returns their ids by address.
-func seed(t *testing.T, pool *pgxpool.Pool, n int) map[string]int64 {
+func seed(t testing.TB, pool *pgxpool.Pool, n int) map[string]int64 {
 	t.Helper()
 	ctx := context.Background()
 	rows := make([][]any, n)
@@ -100,7 +100,7 @@ func seed(t *testing.T, pool *pgxpool.Pool, n int) map[string]int64 {
 	return ids
 }
 
-func newCampaign(t *testing.T, pool *pgxpool.Pool, personalized, perRecipient bool) int64 {
+func newCampaign(t testing.TB, pool *pgxpool.Pool, personalized, perRecipient bool) int64 {
 	t.Helper()
 	n := campaign.New{Name: fmt.Sprintf("personalized=%v", personalized), List: "news", From: "News <news@sender.example.test>",
 		Subject: "Weekly news", Text: "Hello all\n",
@@ -145,7 +145,7 @@ func waitDone(t *testing.T, pool *pgxpool.Pool, ids ...int64) {
 
 // dsn is a testdata sample rewritten for one recipient: sent to returnPath,
 // about rcpt, with its own Message-ID.
-func dsn(t *testing.T, file, returnPath, rcpt, messageID string) []byte {
+func dsn(t testing.TB, file, returnPath, rcpt, messageID string) []byte {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join("testdata", file))
 	if err != nil {
