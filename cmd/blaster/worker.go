@@ -72,8 +72,8 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 			// Campaigns with a return path need the key; others do not.
 			if key, err := returnpath.LoadKey(bounceKeyFile, os.Getenv); err == nil {
 				cfg.Secrets.BounceKey = key
-			} else if bounceKeyFile != "" {
-				return err
+			} else if bounceKeyFile != "" || os.Getenv(returnpath.KeyEnv) != "" {
+				return err // given, but unusable
 			}
 			tcfg, err := throttle.LoadConfig(throttleFile)
 			if err != nil {
