@@ -83,6 +83,11 @@ recipient: {{.Email}}, {{.Name}}, {{.Attrs.COLUMN}} (the other CSV columns);
 {{or .Name "friend"}} gives a fallback. A campaign whose templates read no
 recipient data goes out as one SMTP transaction per batch of up to 100.
 
+With --return-path its mail goes out with a signed envelope sender, so that
+bounces come back to 'blaster bounces': per recipient for a personalized
+campaign (or with --return-path-per-recipient), per campaign otherwise. The
+key is $BLASTER_BOUNCE_KEY or --bounce-key-file, here and on every worker.
+
 The new campaign's id is printed alone on stdout.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
