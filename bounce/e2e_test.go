@@ -89,13 +89,21 @@ func seed(t testing.TB, pool *pgxpool.Pool, n int) map[string]int64 {
 		INSERT INTO list_members (list_id, contact_id) SELECT l.id, c.id FROM l, contacts c`); err != nil {
 		t.Fatal(err)
 	}
+	r, err := pool.Query(ctx, "SELECT email, id FROM contacts")
+	if err != nil {
+		t.Fatal(err)
+	}
 	ids := map[string]int64{}
-	r, _ := pool.Query(ctx, "SELECT email, id FROM contacts")
 	for r.Next() {
 		var e string
 		var id int64
-		r.Scan(&e, &id)
+		if err := r.Scan(&e, &id); err != nil {
+			t.Fatal(err)
+		}
 		ids[e] = id
+	}
+	if err := r.Err(); err != nil {
+		t.Fatal(err)
 	}
 	return ids
 }
