@@ -3,12 +3,12 @@ package pool_test
 import (
 	"context"
 	"errors"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/pool"
 )
 
@@ -23,8 +23,8 @@ func newPool(t *testing.T, cfg pool.Config[*client]) *pool.Pool[*client] {
 }
 
 func TestReuseOneConnection(t *testing.T) {
-	srv := startSink(t)
-	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.addr), MaxConns: 2, CheckAfter: -1})
+	srv := smtptest.StartServer(t, smtptest.Options{})
+	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.Addr), MaxConns: 2, CheckAfter: -1})
 	ctx := context.Background()
 	for range 10 {
 		c, err := p.Get(ctx)
@@ -34,13 +34,13 @@ func TestReuseOneConnection(t *testing.T) {
 		c.send(t)
 		p.Put(c, nil)
 	}
-	if got := srv.connections(); got != 1 {
+	if got := srv.Connections(); got != 1 {
 		t.Errorf("server saw %d connections, want 1 (reused)", got)
 	}
-	if got := srv.delivered(); got != 10 {
+	if got := len(srv.Messages()); got != 10 {
 		t.Errorf("server got %d messages, want 10", got)
 	}
-	if got := srv.count("RSET"); got != 10 {
+	if got := srv.Count("RSET"); got != 10 {
 		t.Errorf("server read RSET %d times, want 10 (one per Put)", got)
 	}
 	s := p.Stats()
@@ -50,9 +50,9 @@ func TestReuseOneConnection(t *testing.T) {
 }
 
 func TestCapRespectedUnderConcurrentGets(t *testing.T) {
-	srv := startSink(t)
+	srv := smtptest.StartServer(t, smtptest.Options{})
 	const maxConns = 3
-	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.addr), MaxConns: maxConns})
+	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.Addr), MaxConns: maxConns})
 	var inUse, peak atomic.Int32
 	var wg sync.WaitGroup
 	for range 12 {
@@ -80,10 +80,10 @@ func TestCapRespectedUnderConcurrentGets(t *testing.T) {
 	if got := peak.Load(); got > maxConns {
 		t.Errorf("%d connections in use at once, cap %d", got, maxConns)
 	}
-	if got := srv.connections(); got > maxConns {
+	if got := srv.Connections(); got > maxConns {
 		t.Errorf("server saw %d connections, cap %d", got, maxConns)
 	}
-	if got := srv.delivered(); got != 60 {
+	if got := len(srv.Messages()); got != 60 {
 		t.Errorf("server got %d messages, want 60", got)
 	}
 	if s := p.Stats(); s.Open > maxConns || s.InUse != 0 || s.Waiting != 0 {
@@ -92,8 +92,8 @@ func TestCapRespectedUnderConcurrentGets(t *testing.T) {
 }
 
 func TestGetBlocksAtCapUntilPutOrCancel(t *testing.T) {
-	srv := startSink(t)
-	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.addr), MaxConns: 1})
+	srv := smtptest.StartServer(t, smtptest.Options{})
+	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.Addr), MaxConns: 1})
 	first, err := p.Get(context.Background())
 	if err != nil {
 		t.Fatalf("Get: %v", err)
@@ -128,14 +128,14 @@ func TestGetBlocksAtCapUntilPutOrCancel(t *testing.T) {
 		t.Errorf("waiting Get got a new connection, want the one put back")
 	}
 	p.Put(second, nil)
-	if n := srv.connections(); n != 1 {
+	if n := srv.Connections(); n != 1 {
 		t.Errorf("server saw %d connections, want 1", n)
 	}
 }
 
 func TestRetireAfterMaxMessages(t *testing.T) {
-	srv := startSink(t)
-	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.addr), MaxConns: 1, MaxMessages: 3})
+	srv := smtptest.StartServer(t, smtptest.Options{})
+	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.Addr), MaxConns: 1, MaxMessages: 3})
 	for range 7 {
 		c, err := p.Get(context.Background())
 		if err != nil {
@@ -144,34 +144,34 @@ func TestRetireAfterMaxMessages(t *testing.T) {
 		c.send(t)
 		p.Put(c, nil)
 	}
-	if got := srv.connections(); got != 3 {
+	if got := srv.Connections(); got != 3 {
 		t.Errorf("server saw %d connections for 7 messages at 3 per connection, want 3", got)
 	}
-	srv.waitCount(t, "QUIT", 2)
+	srv.WaitCount(t, "QUIT", 2)
 	if s := p.Stats(); s.Created != 3 || s.Retired != 2 || s.Open != 1 {
 		t.Errorf("stats = %+v, want Created 3, Retired 2, Open 1", s)
 	}
 }
 
 func TestPutSentCountsMessages(t *testing.T) {
-	srv := startSink(t)
-	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.addr), MaxConns: 1, MaxMessages: 5})
+	srv := smtptest.StartServer(t, smtptest.Options{})
+	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.Addr), MaxConns: 1, MaxMessages: 5})
 	c, err := p.Get(context.Background())
 	if err != nil {
 		t.Fatalf("Get: %v", err)
 	}
 	p.PutSent(c, 5, nil)
-	srv.waitCount(t, "QUIT", 1)
+	srv.WaitCount(t, "QUIT", 1)
 	if s := p.Stats(); s.Open != 0 || s.Retired != 1 {
 		t.Errorf("stats = %+v, want the connection retired", s)
 	}
 }
 
 func TestLivenessCheckBeforeReuse(t *testing.T) {
-	srv := startSink(t)
+	srv := smtptest.StartServer(t, smtptest.Options{})
 	clk := newClock()
 	p := newPool(t, pool.Config[*client]{
-		Dial: dialClient(srv.addr), MaxConns: 1,
+		Dial: dialClient(srv.Addr), MaxConns: 1,
 		CheckAfter: 10 * time.Second, IdleTimeout: time.Hour, NowFunc: clk.Now,
 	})
 	get := func() *client {
@@ -187,19 +187,19 @@ func TestLivenessCheckBeforeReuse(t *testing.T) {
 	p.Put(c, nil)
 	clk.Advance(5 * time.Second)
 	p.Put(get(), nil)
-	if n := srv.count("NOOP"); n != 0 {
+	if n := srv.Count("NOOP"); n != 0 {
 		t.Errorf("NOOP sent %d times on a connection idle for less than CheckAfter", n)
 	}
 
 	clk.Advance(11 * time.Second)
 	p.Put(get(), nil)
-	if n := srv.count("NOOP"); n != 1 {
+	if n := srv.Count("NOOP"); n != 1 {
 		t.Errorf("NOOP sent %d times on a connection idle for more than CheckAfter, want 1", n)
 	}
 
 	// The server drops the connection while it is idle: the NOOP fails,
 	// the pool discards it and dials a new one.
-	srv.cutAll()
+	srv.CutAll()
 	clk.Advance(11 * time.Second)
 	fresh := get()
 	if fresh == c {
@@ -213,10 +213,10 @@ func TestLivenessCheckBeforeReuse(t *testing.T) {
 }
 
 func TestIdleTimeoutRetires(t *testing.T) {
-	srv := startSink(t)
+	srv := smtptest.StartServer(t, smtptest.Options{})
 	clk := newClock()
 	p := newPool(t, pool.Config[*client]{
-		Dial: dialClient(srv.addr), MaxConns: 2, IdleTimeout: time.Minute, NowFunc: clk.Now,
+		Dial: dialClient(srv.Addr), MaxConns: 2, IdleTimeout: time.Minute, NowFunc: clk.Now,
 	})
 	a, _ := p.Get(context.Background())
 	b, _ := p.Get(context.Background())
@@ -228,7 +228,7 @@ func TestIdleTimeoutRetires(t *testing.T) {
 	if open := p.Reap(); open != 1 {
 		t.Errorf("Reap left %d open, want 1", open)
 	}
-	srv.waitCount(t, "QUIT", 1)
+	srv.WaitCount(t, "QUIT", 1)
 	c, err := p.Get(context.Background())
 	if err != nil {
 		t.Fatalf("Get: %v", err)
@@ -243,8 +243,8 @@ func TestIdleTimeoutRetires(t *testing.T) {
 }
 
 func TestCloseQuitsEverything(t *testing.T) {
-	srv := startSink(t)
-	p, err := pool.New(pool.Config[*client]{Dial: dialClient(srv.addr), MaxConns: 3})
+	srv := smtptest.StartServer(t, smtptest.Options{})
+	p, err := pool.New(pool.Config[*client]{Dial: dialClient(srv.Addr), MaxConns: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,7 +263,7 @@ func TestCloseQuitsEverything(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	// Close waited for the QUIT replies, so the server has read them.
-	if n := srv.count("QUIT"); n != 2 {
+	if n := srv.Count("QUIT"); n != 2 {
 		t.Errorf("after Close the server read QUIT %d times, want 2 (the idle ones)", n)
 	}
 	if _, err := p.Get(context.Background()); !errors.Is(err, pool.ErrClosed) {
@@ -276,7 +276,7 @@ func TestCloseQuitsEverything(t *testing.T) {
 	if err := p.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}
-	if n := srv.count("QUIT"); n != 3 {
+	if n := srv.Count("QUIT"); n != 3 {
 		t.Errorf("server read QUIT %d times, want 3", n)
 	}
 	if s := p.Stats(); s.Open != 0 || s.Retired != 3 {
@@ -285,8 +285,8 @@ func TestCloseQuitsEverything(t *testing.T) {
 }
 
 func TestCloseReleasesWaitingGet(t *testing.T) {
-	srv := startSink(t)
-	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.addr), MaxConns: 1})
+	srv := smtptest.StartServer(t, smtptest.Options{})
+	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.Addr), MaxConns: 1})
 	c, err := p.Get(context.Background())
 	if err != nil {
 		t.Fatalf("Get: %v", err)
@@ -305,12 +305,7 @@ func TestCloseReleasesWaitingGet(t *testing.T) {
 }
 
 func TestDialErrorFreesTheSlot(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close() // nothing listens there now: connection refused
+	addr := smtptest.ClosedAddr(t) // connection refused
 
 	p := newPool(t, pool.Config[*client]{Dial: dialClient(addr), MaxConns: 1})
 	for range 3 { // a leaked slot would make the second Get block forever
@@ -327,10 +322,10 @@ func TestDialErrorFreesTheSlot(t *testing.T) {
 }
 
 func TestBrokenConnectionIsDiscarded(t *testing.T) {
-	srv := startSink(t)
-	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.addr), MaxConns: 1})
+	srv := smtptest.StartServer(t, smtptest.Options{})
+	p := newPool(t, pool.Config[*client]{Dial: dialClient(srv.Addr), MaxConns: 1})
 	c, _ := p.Get(context.Background())
-	srv.cutAll()
+	srv.CutAll()
 	if err := c.Noop(context.Background()); err == nil {
 		t.Fatal("NOOP on a cut connection succeeded")
 	}

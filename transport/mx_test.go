@@ -12,6 +12,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/smtp"
 	"github.com/blaster-mail/blaster/transport"
 )
@@ -56,7 +57,7 @@ func (d *fakeDNS) calls() int {
 
 // loopbackServers starts one server per option on 127.0.0.2, 127.0.0.3, …
 // all on the same port (the MX transport dials one port on every host).
-func loopbackServers(t *testing.T, opts ...serverOpts) (port int, servers []*testServer) {
+func loopbackServers(t *testing.T, opts ...smtptest.Options) (port int, servers []*smtptest.Server) {
 	t.Helper()
 	for try := 0; try < 20; try++ {
 		ln, err := net.Listen("tcp", "127.0.0.2:0")
@@ -79,8 +80,8 @@ func loopbackServers(t *testing.T, opts ...serverOpts) (port int, servers []*tes
 		}
 	}
 	for i, o := range opts {
-		o.addr = net.JoinHostPort("127.0.0."+strconv.Itoa(i+2), strconv.Itoa(port))
-		servers = append(servers, startServer(t, o))
+		o.Listen = net.JoinHostPort("127.0.0."+strconv.Itoa(i+2), strconv.Itoa(port))
+		servers = append(servers, smtptest.StartServer(t, o))
 	}
 	return port, servers
 }
@@ -114,7 +115,7 @@ func sendTo(t *testing.T, tr transport.Transport, domain string) error {
 }
 
 func TestMXPriorityOrder(t *testing.T) {
-	port, srv := loopbackServers(t, serverOpts{}, serverOpts{})
+	port, srv := loopbackServers(t, smtptest.Options{}, smtptest.Options{})
 	dns := &fakeDNS{
 		mx: map[string][]*net.MX{"example.test": {
 			{Host: "mx-b.example.test.", Pref: 20}, {Host: "mx-a.example.test.", Pref: 10},
@@ -130,10 +131,10 @@ func TestMXPriorityOrder(t *testing.T) {
 			t.Fatalf("send: %v", err)
 		}
 	}
-	if a, b := len(srv[0].received()), len(srv[1].received()); a != 3 || b != 0 {
+	if a, b := len(srv[0].Messages()), len(srv[1].Messages()); a != 3 || b != 0 {
 		t.Errorf("preference 10 got %d, preference 20 got %d; want 3 and 0", a, b)
 	}
-	if n := srv[0].connections(); n != 1 {
+	if n := srv[0].Connections(); n != 1 {
 		t.Errorf("MX saw %d connections for 3 messages, want 1 (pooled)", n)
 	}
 }
@@ -141,7 +142,7 @@ func TestMXPriorityOrder(t *testing.T) {
 func TestMXNextOnConnectFailure(t *testing.T) {
 	// 127.0.0.2 has a server; the preferred MX resolves to 127.0.0.9 where
 	// nothing listens on that port.
-	port, srv := loopbackServers(t, serverOpts{})
+	port, srv := loopbackServers(t, smtptest.Options{})
 	dns := &fakeDNS{
 		mx: map[string][]*net.MX{"example.test": {
 			{Host: "dead.example.test", Pref: 5}, {Host: "live.example.test", Pref: 10},
@@ -153,15 +154,15 @@ func TestMXNextOnConnectFailure(t *testing.T) {
 	if err := sendTo(t, m, "example.test"); err != nil {
 		t.Fatalf("send: %v", err)
 	}
-	if n := len(srv[0].received()); n != 1 {
+	if n := len(srv[0].Messages()); n != 1 {
 		t.Errorf("second MX got %d messages, want 1", n)
 	}
 }
 
 func TestMXNextOnTemporaryGreeting(t *testing.T) {
 	port, srv := loopbackServers(t,
-		serverOpts{greetErr: &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0}, Message: "try later"}},
-		serverOpts{})
+		smtptest.Options{GreetErr: &gosmtp.SMTPError{Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 7, 0}, Message: "try later"}},
+		smtptest.Options{})
 	dns := &fakeDNS{
 		mx: map[string][]*net.MX{"example.test": {
 			{Host: "busy.example.test", Pref: 10}, {Host: "ok.example.test", Pref: 20},
@@ -172,7 +173,7 @@ func TestMXNextOnTemporaryGreeting(t *testing.T) {
 	if err := sendTo(t, m, "example.test"); err != nil {
 		t.Fatalf("send: %v", err)
 	}
-	if n := len(srv[1].received()); n != 1 {
+	if n := len(srv[1].Messages()); n != 1 {
 		t.Errorf("second MX got %d messages, want 1", n)
 	}
 	// Every MX failing is one error naming each host, classified as retry.
@@ -217,7 +218,7 @@ func TestMXEqualPreferencesShuffled(t *testing.T) {
 }
 
 func TestMXImplicit(t *testing.T) {
-	port, srv := loopbackServers(t, serverOpts{})
+	port, srv := loopbackServers(t, smtptest.Options{})
 	dns := &fakeDNS{hosts: map[string][]string{"example.test": {"127.0.0.2"}}}
 	m := newMX(t, dns, port, nil)
 	if got := m.Route("example.test"); got != "mx:example.test" {
@@ -226,7 +227,7 @@ func TestMXImplicit(t *testing.T) {
 	if err := sendTo(t, m, "example.test"); err != nil {
 		t.Fatalf("send: %v", err)
 	}
-	if n := len(srv[0].received()); n != 1 {
+	if n := len(srv[0].Messages()); n != 1 {
 		t.Errorf("implicit MX got %d messages, want 1", n)
 	}
 }
@@ -292,8 +293,8 @@ func TestMXCache(t *testing.T) {
 }
 
 func TestMXOpportunisticSTARTTLS(t *testing.T) {
-	ca := newTestCA(t, "mx.example.test")
-	port, srv := loopbackServers(t, serverOpts{tls: ca.server}, serverOpts{})
+	ca := smtptest.NewCA(t, "mx.example.test")
+	port, srv := loopbackServers(t, smtptest.Options{TLS: ca.ServerConfig()}, smtptest.Options{})
 	dns := &fakeDNS{
 		mx: map[string][]*net.MX{
 			"tls.test":   {{Host: "mx.example.test", Pref: 10}},
@@ -302,17 +303,17 @@ func TestMXOpportunisticSTARTTLS(t *testing.T) {
 		hosts: map[string][]string{"mx.example.test": {"127.0.0.2"}, "plain.example.test": {"127.0.0.3"}},
 	}
 	m := newMX(t, dns, port, func(o *transport.MXOptions) {
-		o.TLSConfig = ca.clientConfig()
+		o.TLSConfig = ca.ClientConfig()
 	})
 	for _, d := range []string{"tls.test", "plain.test"} {
 		if err := sendTo(t, m, d); err != nil {
 			t.Fatalf("send to %s: %v", d, err)
 		}
 	}
-	if got := srv[0].received(); len(got) != 1 || !got[0].tls {
+	if got := srv[0].Messages(); len(got) != 1 || !got[0].TLS {
 		t.Errorf("MX offering STARTTLS received %+v, want one message over TLS", got)
 	}
-	if got := srv[1].received(); len(got) != 1 || got[0].tls {
+	if got := srv[1].Messages(); len(got) != 1 || got[0].TLS {
 		t.Errorf("MX without STARTTLS received %+v, want one message in plain text", got)
 	}
 	if s := m.Stats(); len(s) != 2 {

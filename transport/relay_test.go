@@ -12,6 +12,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/smtp"
 	"github.com/blaster-mail/blaster/transport"
 )
@@ -186,16 +187,16 @@ func sendOne(t *testing.T, tr transport.Transport, rcpt string) (transport.Sessi
 }
 
 func TestRelayFailsOverFromClosedPortAndComesBack(t *testing.T) {
-	down := closedPort(t)
-	second := startServer(t, serverOpts{})
+	down := smtptest.ClosedAddr(t)
+	second := smtptest.StartServer(t, smtptest.Options{})
 	clk := newClock()
-	r, err := transport.NewRelay([]transport.RelayConfig{relayURL(down), relayURL(second.addr)},
+	r, err := transport.NewRelay([]transport.RelayConfig{relayURL(down), relayURL(second.Addr)},
 		transport.RelayOptions{LocalName: "client.example.test", NowFunc: clk.Now, RetryAfter: time.Minute})
 	if err != nil {
 		t.Fatalf("NewRelay: %v", err)
 	}
 	defer r.Close()
-	firstName, secondName := relayURL(down).Redacted(), relayURL(second.addr).Redacted()
+	firstName, secondName := relayURL(down).Redacted(), relayURL(second.Addr).Redacted()
 	if got := r.Route("example.test"); got != firstName {
 		t.Errorf("Route before any failure = %q, want the first relay %q", got, firstName)
 	}
@@ -203,7 +204,7 @@ func TestRelayFailsOverFromClosedPortAndComesBack(t *testing.T) {
 	if _, err := sendOne(t, r, "a@example.test"); err != nil {
 		t.Fatalf("send with the first relay down: %v", err)
 	}
-	if n := len(second.received()); n != 1 {
+	if n := len(second.Messages()); n != 1 {
 		t.Fatalf("second relay got %d messages, want 1", n)
 	}
 	if got := r.Route("example.test"); got != secondName {
@@ -211,11 +212,11 @@ func TestRelayFailsOverFromClosedPortAndComesBack(t *testing.T) {
 	}
 
 	// The first relay comes back; after RetryAfter it is used again.
-	first := startServer(t, serverOpts{addr: down})
+	first := smtptest.StartServer(t, smtptest.Options{Listen: down})
 	if _, err := sendOne(t, r, "b@example.test"); err != nil {
 		t.Fatalf("send: %v", err)
 	}
-	if n := len(first.received()); n != 0 {
+	if n := len(first.Messages()); n != 0 {
 		t.Errorf("first relay used %d times before RetryAfter passed", n)
 	}
 	clk.Advance(2 * time.Minute)
@@ -225,16 +226,16 @@ func TestRelayFailsOverFromClosedPortAndComesBack(t *testing.T) {
 	if _, err := sendOne(t, r, "c@example.test"); err != nil {
 		t.Fatalf("send: %v", err)
 	}
-	if n := len(first.received()); n != 1 {
+	if n := len(first.Messages()); n != 1 {
 		t.Errorf("first relay got %d messages after it came back, want 1", n)
 	}
 }
 
 func TestRelayFailsOverOn421(t *testing.T) {
-	busy := startServer(t, serverOpts{greetErr: &gosmtp.SMTPError{
+	busy := smtptest.StartServer(t, smtptest.Options{GreetErr: &gosmtp.SMTPError{
 		Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 3, 2}, Message: "too busy, try later"}})
-	good := startServer(t, serverOpts{})
-	r, err := transport.NewRelay([]transport.RelayConfig{relayURL(busy.addr), relayURL(good.addr)},
+	good := smtptest.StartServer(t, smtptest.Options{})
+	r, err := transport.NewRelay([]transport.RelayConfig{relayURL(busy.Addr), relayURL(good.Addr)},
 		transport.RelayOptions{LocalName: "client.example.test"})
 	if err != nil {
 		t.Fatal(err)
@@ -245,19 +246,19 @@ func TestRelayFailsOverOn421(t *testing.T) {
 			t.Fatalf("send %d: %v", i, err)
 		}
 	}
-	if n := len(good.received()); n != 3 {
+	if n := len(good.Messages()); n != 3 {
 		t.Errorf("second relay got %d messages, want 3", n)
 	}
-	if n := busy.connections(); n != 1 {
+	if n := busy.Connections(); n != 1 {
 		t.Errorf("the relay answering 421 was dialed %d times, want 1 (then passed over)", n)
 	}
 }
 
 func TestRelay421DuringTransactionMarksItDown(t *testing.T) {
-	first := startServer(t, serverOpts{mailErr: &gosmtp.SMTPError{
+	first := smtptest.StartServer(t, smtptest.Options{MailErr: &gosmtp.SMTPError{
 		Code: 421, EnhancedCode: gosmtp.EnhancedCode{4, 4, 5}, Message: "shutting down"}})
-	second := startServer(t, serverOpts{})
-	r, err := transport.NewRelay([]transport.RelayConfig{relayURL(first.addr), relayURL(second.addr)},
+	second := smtptest.StartServer(t, smtptest.Options{})
+	r, err := transport.NewRelay([]transport.RelayConfig{relayURL(first.Addr), relayURL(second.Addr)},
 		transport.RelayOptions{LocalName: "client.example.test"})
 	if err != nil {
 		t.Fatal(err)
@@ -269,13 +270,13 @@ func TestRelay421DuringTransactionMarksItDown(t *testing.T) {
 	if _, err := sendOne(t, r, "b@example.test"); err != nil {
 		t.Fatalf("send after the 421: %v", err)
 	}
-	if n := len(second.received()); n != 1 {
+	if n := len(second.Messages()); n != 1 {
 		t.Errorf("second relay got %d messages, want 1", n)
 	}
 }
 
 func TestRelayAllDown(t *testing.T) {
-	r, err := transport.NewRelay([]transport.RelayConfig{relayURL(closedPort(t)), relayURL(closedPort(t))},
+	r, err := transport.NewRelay([]transport.RelayConfig{relayURL(smtptest.ClosedAddr(t)), relayURL(smtptest.ClosedAddr(t))},
 		transport.RelayOptions{LocalName: "client.example.test"})
 	if err != nil {
 		t.Fatal(err)
@@ -287,10 +288,10 @@ func TestRelayAllDown(t *testing.T) {
 }
 
 func TestRelaySTARTTLSAndAuth(t *testing.T) {
-	ca := newTestCA(t, "relay.example.test")
-	srv := startServer(t, serverOpts{tls: ca.server, user: "mailer", pass: "correct horse"})
+	ca := smtptest.NewCA(t, "relay.example.test")
+	srv := smtptest.StartServer(t, smtptest.Options{TLS: ca.ServerConfig(), User: "mailer", Pass: "correct horse"})
 	c, err := transport.ParseRelayURL(fmt.Sprintf("smtp://mailer@%s?ca=%s&server_name=relay.example.test&auth=plain",
-		srv.addr, ca.caFile))
+		srv.Addr, ca.File))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -308,8 +309,8 @@ func TestRelaySTARTTLSAndAuth(t *testing.T) {
 	if _, err := sendOne(t, r, "a@example.test"); err != nil {
 		t.Fatalf("send: %v", err)
 	}
-	got := srv.received()
-	if len(got) != 1 || !got[0].tls || got[0].user != "mailer" {
+	got := srv.Messages()
+	if len(got) != 1 || !got[0].TLS || got[0].User != "mailer" {
 		t.Fatalf("server received %+v, want one message over TLS from user mailer", got)
 	}
 	if strings.Contains(r.Route("example.test"), "correct") {
@@ -330,8 +331,8 @@ func TestRelaySTARTTLSAndAuth(t *testing.T) {
 }
 
 func TestRelayReusesAndRetiresConnections(t *testing.T) {
-	srv := startServer(t, serverOpts{})
-	c, err := transport.ParseRelayURL("smtp://" + srv.addr + "?tls=none&max_conns=1&max_messages=2")
+	srv := smtptest.StartServer(t, smtptest.Options{})
+	c, err := transport.ParseRelayURL("smtp://" + srv.Addr + "?tls=none&max_conns=1&max_messages=2")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,11 +346,11 @@ func TestRelayReusesAndRetiresConnections(t *testing.T) {
 			t.Fatalf("send %d: %v", i, err)
 		}
 	}
-	if n := len(srv.received()); n != 5 {
+	if n := len(srv.Messages()); n != 5 {
 		t.Errorf("relay got %d messages, want 5", n)
 	}
 	// 2 messages per connection: 3 connections for 5 messages.
-	if n := srv.connections(); n != 3 {
+	if n := srv.Connections(); n != 3 {
 		t.Errorf("relay saw %d connections, want 3", n)
 	}
 	st := r.Stats()[c.Redacted()]

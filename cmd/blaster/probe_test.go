@@ -3,16 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"encoding/pem"
-	"io"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -23,12 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-sasl"
-	gosmtp "github.com/emersion/go-smtp"
+	"github.com/blaster-mail/blaster/internal/smtptest"
 )
 
-// probeServer is an in-process go-smtp server offering STARTTLS with a
-// certificate from a throw-away CA, and AUTH PLAIN.
+// probeServer is relay.example.test on loopback: STARTTLS with a
+// certificate from a test CA (caFile), AUTH required as user/pass. msgs
+// holds the bodies it accepted, guarded by mu.
 type probeServer struct {
 	addr   string
 	caFile string
@@ -39,94 +30,17 @@ type probeServer struct {
 
 func startProbeServer(t *testing.T, user, pass, listen string) *probeServer {
 	t.Helper()
-	tlsCfg, caFile := probeTestCA(t, "relay.example.test")
-	s := &probeServer{caFile: caFile}
-	srv := gosmtp.NewServer(gosmtp.BackendFunc(func(*gosmtp.Conn) (gosmtp.Session, error) {
-		return &probeSession{s: s, user: user, pass: pass}, nil
-	}))
-	srv.Domain = "relay.example.test"
-	srv.TLSConfig = tlsCfg
-	srv.ErrorLog = probeLogger{}
-	ln, err := net.Listen("tcp", listen)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s.addr = ln.Addr().String()
-	done := make(chan struct{})
-	go func() { defer close(done); _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close(); <-done })
-	return s
-}
-
-type probeSession struct {
-	s          *probeServer
-	user, pass string
-	authed     bool
-}
-
-func (ps *probeSession) AuthMechanisms() []string { return []string{sasl.Plain} }
-func (ps *probeSession) Auth(string) (sasl.Server, error) {
-	return sasl.NewPlainServer(func(_, u, p string) error {
-		if u != ps.user || p != ps.pass {
-			return &gosmtp.SMTPError{Code: 535, EnhancedCode: gosmtp.EnhancedCode{5, 7, 8}, Message: "bad credentials"}
-		}
-		ps.authed = true
-		return nil
-	}), nil
-}
-func (ps *probeSession) Reset()        {}
-func (ps *probeSession) Logout() error { return nil }
-func (ps *probeSession) Mail(string, *gosmtp.MailOptions) error {
-	if !ps.authed {
-		return &gosmtp.SMTPError{Code: 530, EnhancedCode: gosmtp.EnhancedCode{5, 7, 0}, Message: "auth first"}
-	}
-	return nil
-}
-func (ps *probeSession) Rcpt(string, *gosmtp.RcptOptions) error { return nil }
-func (ps *probeSession) Data(r io.Reader) error {
-	b, err := io.ReadAll(r)
-	ps.s.mu.Lock()
-	ps.s.msgs = append(ps.s.msgs, string(b))
-	ps.s.mu.Unlock()
-	return err
-}
-
-type probeLogger struct{}
-
-func (probeLogger) Printf(string, ...any) {}
-func (probeLogger) Println(...any)        {}
-
-func probeTestCA(t *testing.T, name string) (*tls.Config, string) {
-	t.Helper()
-	key := func() *ecdsa.PrivateKey {
-		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return k
-	}
-	caKey, leafKey := key(), key()
-	now := time.Now()
-	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "probe test CA"},
-		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-		KeyUsage: x509.KeyUsageCertSign}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	leafTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: name},
-		DNSNames: []string{name}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, caCert, &leafKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leafDER, caDER}, PrivateKey: leafKey}}}, caFile
+	ca := smtptest.NewCA(t, "relay.example.test")
+	ps := &probeServer{caFile: ca.File}
+	ps.addr = smtptest.StartServer(t, smtptest.Options{
+		Domain: "relay.example.test", Listen: listen, TLS: ca.ServerConfig(), User: user, Pass: pass,
+		OnMessage: func(m smtptest.Message) {
+			ps.mu.Lock()
+			ps.msgs = append(ps.msgs, m.Body)
+			ps.mu.Unlock()
+		},
+	}).Addr
+	return ps
 }
 
 const probePass = "Tr0ub4dor&3-secret"
@@ -146,7 +60,7 @@ func TestProbeSTARTTLSAuthAndSend(t *testing.T) {
 		"S: 220 relay.example.test",
 		"C: EHLO client.example.test",
 		"C: STARTTLS",
-		"certificate 0: subject \"CN=relay.example.test\", issuer \"CN=probe test CA\"",
+		"certificate 0: subject \"CN=relay.example.test\", issuer \"CN=blaster test CA\"",
 		"certificate verification: ok for relay.example.test",
 		"capabilities: PIPELINING",
 		"AUTH PLAIN",
@@ -187,10 +101,7 @@ func TestProbeSTARTTLSAuthAndSend(t *testing.T) {
 
 func TestProbeReportsAnUntrustedCertificate(t *testing.T) {
 	srv := startProbeServer(t, "mailer", probePass, "127.0.0.1:0")
-	otherCA := filepath.Join(t.TempDir(), "other.pem")
-	_, otherFile := probeTestCA(t, "relay.example.test")
-	b, _ := os.ReadFile(otherFile)
-	_ = os.WriteFile(otherCA, b, 0o600)
+	otherCA := smtptest.NewCA(t, "relay.example.test").File
 
 	var out bytes.Buffer
 	err := runProbe(context.Background(), &out, probeOptions{target: srv.addr, startTLS: true,

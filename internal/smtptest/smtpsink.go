@@ -1,5 +1,3 @@
-// Package smtptest runs Postfix's smtp-sink, the independent SMTP server of
-// blaster's end-to-end tests, and reads back what it received.
 package smtptest
 
 import (
@@ -32,12 +30,7 @@ func StartSmtpSink(t testing.TB, flags ...string) *SmtpSink {
 		}
 		t.Skip("smtp-sink not installed (Debian package postfix)")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
+	addr := ClosedAddr(t)
 	// smtp-sink runs as nobody (-u) when we are root and must write its
 	// dump; t.TempDir's parent is private, so the directory goes in /tmp.
 	dir, err := os.MkdirTemp("", "smtp-sink-")
