@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blaster-mail/blaster/internal/fakeclock"
 	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/pool"
 )
@@ -169,7 +170,7 @@ func TestPutSentCountsMessages(t *testing.T) {
 
 func TestLivenessCheckBeforeReuse(t *testing.T) {
 	srv := smtptest.StartServer(t, smtptest.Options{})
-	clk := newClock()
+	clk := fakeclock.New()
 	p := newPool(t, pool.Config[*client]{
 		Dial: dialClient(srv.Addr), MaxConns: 1,
 		CheckAfter: 10 * time.Second, IdleTimeout: time.Hour, NowFunc: clk.Now,
@@ -214,7 +215,7 @@ func TestLivenessCheckBeforeReuse(t *testing.T) {
 
 func TestIdleTimeoutRetires(t *testing.T) {
 	srv := smtptest.StartServer(t, smtptest.Options{})
-	clk := newClock()
+	clk := fakeclock.New()
 	p := newPool(t, pool.Config[*client]{
 		Dial: dialClient(srv.Addr), MaxConns: 2, IdleTimeout: time.Minute, NowFunc: clk.Now,
 	})

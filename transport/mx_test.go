@@ -12,6 +12,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/blaster-mail/blaster/internal/fakeclock"
 	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/smtp"
 	"github.com/blaster-mail/blaster/transport"
@@ -149,7 +150,7 @@ func TestMXNextOnConnectFailure(t *testing.T) {
 		}},
 		hosts: map[string][]string{"dead.example.test": {"127.0.0.9"}, "live.example.test": {"127.0.0.2"}},
 	}
-	clk := newClock()
+	clk := fakeclock.New()
 	m := newMX(t, dns, port, func(o *transport.MXOptions) { o.NowFunc = clk.Now })
 	if err := sendTo(t, m, "example.test"); err != nil {
 		t.Fatalf("send: %v", err)
@@ -194,7 +195,7 @@ func TestMXEqualPreferencesShuffled(t *testing.T) {
 			{Host: "mx3.example.test", Pref: 10}, {Host: "backup.example.test", Pref: 50},
 		}},
 	}
-	clk := newClock()
+	clk := fakeclock.New()
 	m := newMX(t, dns, 25, func(o *transport.MXOptions) { o.NowFunc = clk.Now; o.CacheTTL = time.Minute })
 	firsts := map[string]int{}
 	for range 60 {
@@ -268,7 +269,7 @@ func TestMXCache(t *testing.T) {
 		mx:    map[string][]*net.MX{"example.test": {{Host: "mx.example.test", Pref: 10}}},
 		mxErr: map[string]error{},
 	}
-	clk := newClock()
+	clk := fakeclock.New()
 	m := newMX(t, dns, 25, func(o *transport.MXOptions) { o.NowFunc = clk.Now; o.CacheTTL = time.Minute })
 	m.Route("example.test")
 	m.Route("example.test")

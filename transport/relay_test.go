@@ -12,6 +12,7 @@ import (
 
 	gosmtp "github.com/emersion/go-smtp"
 
+	"github.com/blaster-mail/blaster/internal/fakeclock"
 	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/smtp"
 	"github.com/blaster-mail/blaster/transport"
@@ -189,7 +190,7 @@ func sendOne(t *testing.T, tr transport.Transport, rcpt string) (transport.Sessi
 func TestRelayFailsOverFromClosedPortAndComesBack(t *testing.T) {
 	down := smtptest.ClosedAddr(t)
 	second := smtptest.StartServer(t, smtptest.Options{})
-	clk := newClock()
+	clk := fakeclock.New()
 	r, err := transport.NewRelay([]transport.RelayConfig{relayURL(down), relayURL(second.Addr)},
 		transport.RelayOptions{LocalName: "client.example.test", NowFunc: clk.Now, RetryAfter: time.Minute})
 	if err != nil {
