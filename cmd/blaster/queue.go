@@ -548,23 +548,11 @@ has an outcome for, so retrying a completed batch sends nothing twice.`,
 			} else if state != "" {
 				return errors.New("--state goes with --campaign")
 			}
-			ctx := cmd.Context()
-			_, rc, err := a.riverClient(ctx)
-			if err != nil {
-				return err
-			}
-			ids, err := jobTargets(ctx, rc, args, campaignID, states)
-			if err != nil {
-				return err
-			}
-			if err := eachJob(ids, "retrying", func(id int64) error {
-				_, err := rc.JobRetry(ctx, id)
-				return err
-			}); err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stdout, "retried %d %s\n", len(ids), plural(len(ids), "job", "jobs"))
-			return nil
+			return a.eachJob(cmd.Context(), args, campaignID, states, "retrying", "retried",
+				func(ctx context.Context, rc *river.Client[pgx.Tx], id int64) error {
+					_, err := rc.JobRetry(ctx, id)
+					return err
+				})
 		},
 	}
 	cmd.Flags().Int64Var(&campaignID, "campaign", 0, "retry this campaign's jobs (with --state)")
@@ -600,23 +588,11 @@ queued until their jobs are retried.`,
 				}
 				states = []rivertype.JobState{st}
 			}
-			ctx := cmd.Context()
-			_, rc, err := a.riverClient(ctx)
-			if err != nil {
-				return err
-			}
-			ids, err := jobTargets(ctx, rc, args, campaignID, states)
-			if err != nil {
-				return err
-			}
-			if err := eachJob(ids, "cancelling", func(id int64) error {
-				_, err := rc.JobCancel(ctx, id)
-				return err
-			}); err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stdout, "cancelled %d %s\n", len(ids), plural(len(ids), "job", "jobs"))
-			return nil
+			return a.eachJob(cmd.Context(), args, campaignID, states, "cancelling", "cancelled",
+				func(ctx context.Context, rc *river.Client[pgx.Tx], id int64) error {
+					_, err := rc.JobCancel(ctx, id)
+					return err
+				})
 		},
 	}
 	cmd.Flags().Int64Var(&campaignID, "campaign", 0, "cancel this campaign's unfinished jobs")
@@ -625,17 +601,29 @@ queued until their jobs are retried.`,
 	return cmd
 }
 
-// eachJob runs op on every job in ids, stopping at the first error, which
-// names the job ("cancelling job 7: not found").
-func eachJob(ids []int64, doing string, op func(id int64) error) error {
+// eachJob is the body of queue retry and queue cancel: it runs op on the
+// jobs named by args or by --campaign and states (jobTargets), stopping at
+// the first error, which names the job ("cancelling job 7: not found"),
+// and reports how many it did ("cancelled 3 jobs").
+func (a *app) eachJob(ctx context.Context, args []string, campaignID int64, states []rivertype.JobState,
+	doing, done string, op func(ctx context.Context, rc *river.Client[pgx.Tx], id int64) error) error {
+	_, rc, err := a.riverClient(ctx)
+	if err != nil {
+		return err
+	}
+	ids, err := jobTargets(ctx, rc, args, campaignID, states)
+	if err != nil {
+		return err
+	}
 	for _, id := range ids {
-		if err := op(id); err != nil {
+		if err := op(ctx, rc, id); err != nil {
 			if errors.Is(err, river.ErrNotFound) {
 				return fmt.Errorf("%s job %d: not found", doing, id)
 			}
 			return fmt.Errorf("%s job %d: %w", doing, id, err)
 		}
 	}
+	fmt.Fprintf(a.stdout, "%s %d %s\n", done, len(ids), plural(len(ids), "job", "jobs"))
 	return nil
 }
 
