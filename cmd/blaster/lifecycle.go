@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"strings"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
 
 	"github.com/blaster-mail/blaster/campaign"
@@ -15,6 +17,24 @@ func newLifecycleCmds(a *app) []*cobra.Command {
 	return []*cobra.Command{newCampaignPauseCmd(a), newCampaignResumeCmd(a), newCampaignCancelCmd(a), newCampaignRetryCmd(a)}
 }
 
+// campaignRunE is the RunE of a command on one campaign (argument ID): it
+// opens the database, runs act and prints the line act returns, unless act
+// fails.
+func (a *app) campaignRunE(act func(ctx context.Context, pool *pgxpool.Pool, id int64) (string, error)) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		id, pool, err := a.campaignArg(cmd, args[0])
+		if err != nil {
+			return err
+		}
+		line, err := act(cmd.Context(), pool, id)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(a.stdout, line)
+		return nil
+	}
+}
+
 func newCampaignPauseCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "pause ID",
@@ -23,17 +43,9 @@ func newCampaignPauseCmd(a *app) *cobra.Command {
 again every second); transactions already in flight finish and are recorded.
 'campaign resume' goes on exactly where it stopped.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			id, pool, err := a.campaignArg(cmd, args[0])
-			if err != nil {
-				return err
-			}
-			if err := campaign.Pause(cmd.Context(), pool, id); err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stdout, "paused campaign %d\n", id)
-			return nil
-		},
+		RunE: a.campaignRunE(func(ctx context.Context, pool *pgxpool.Pool, id int64) (string, error) {
+			return fmt.Sprintf("paused campaign %d", id), campaign.Pause(ctx, pool, id)
+		}),
 	}
 }
 
@@ -42,26 +54,19 @@ func newCampaignResumeCmd(a *app) *cobra.Command {
 		Use:   "resume ID",
 		Short: "Let a paused campaign go on where it stopped",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			id, pool, err := a.campaignArg(cmd, args[0])
-			if err != nil {
-				return err
-			}
-			ctx := cmd.Context()
+		RunE: a.campaignRunE(func(ctx context.Context, pool *pgxpool.Pool, id int64) (string, error) {
 			if err := campaign.Resume(ctx, pool, id); err != nil {
-				return err
+				return "", err
 			}
 			c, err := campaign.Get(ctx, pool, id)
 			if err != nil {
-				return err
+				return "", err
 			}
 			if c.State == campaign.Done {
-				fmt.Fprintf(a.stdout, "campaign %d had nothing left to send: done\n", id)
-				return nil
+				return fmt.Sprintf("campaign %d had nothing left to send: done", id), nil
 			}
-			fmt.Fprintf(a.stdout, "resumed campaign %d\n", id)
-			return nil
-		},
+			return fmt.Sprintf("resumed campaign %d", id), nil
+		}),
 	}
 }
 
@@ -73,23 +78,21 @@ func newCampaignCancelCmd(a *app) *cobra.Command {
 waiting for a retry is marked cancelled and will not be sent; transactions in
 flight finish and are recorded. A cancelled campaign cannot be resumed.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			id, pool, err := a.campaignArg(cmd, args[0])
+		RunE: a.campaignRunE(func(ctx context.Context, pool *pgxpool.Pool, id int64) (string, error) {
+			res, err := campaign.Cancel(ctx, pool, id)
 			if err != nil {
-				return err
+				return "", err
 			}
-			res, err := campaign.Cancel(cmd.Context(), pool, id)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(a.stdout, "cancelled campaign %d: %d recipients not sent\n", id, res.Cancelled)
-			return nil
-		},
+			return fmt.Sprintf("cancelled campaign %d: %d recipients not sent", id, res.Cancelled), nil
+		}),
 	}
 }
 
 func newCampaignRetryCmd(a *app) *cobra.Command {
-	var states string
+	var (
+		states string
+		st     []string // states, parsed before the database is opened
+	)
 	cmd := &cobra.Command{
 		Use:   "retry ID [--state deferred,expired,unknown,bounced]",
 		Short: "Send again to the recipients in the chosen delivery states, and only to them",
@@ -102,32 +105,25 @@ States: deferred, expired, unknown (the outcome was lost after the message
 went out: retrying may deliver it twice) and bounced. Default:
 deferred,expired,unknown.`,
 		Args: cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			id, err := parseID(args[0])
-			if err != nil {
-				return err
-			}
-			st, err := campaign.ParseStates(states)
-			if err != nil {
+		PreRunE: func(*cobra.Command, []string) error {
+			var err error
+			if st, err = campaign.ParseStates(states); err != nil {
 				return fmt.Errorf("--state: %w", err)
 			}
-			ctx := cmd.Context()
-			pool, err := a.db(ctx)
-			if err != nil {
-				return err
-			}
+			return nil
+		},
+		RunE: a.campaignRunE(func(ctx context.Context, pool *pgxpool.Pool, id int64) (string, error) {
 			rc, err := worker.InsertClient(pool)
 			if err != nil {
-				return err
+				return "", err
 			}
 			res, err := campaign.Retry(ctx, pool, rc, id, st)
 			if err != nil {
-				return err
+				return "", err
 			}
-			fmt.Fprintf(a.stdout, "campaign %d: %d recipients (%s) queued again in %d batches, %d skipped as suppressed\n",
-				id, res.Recipients, strings.Join(st, ","), res.Batches, res.Skipped)
-			return nil
-		},
+			return fmt.Sprintf("campaign %d: %d recipients (%s) queued again in %d batches, %d skipped as suppressed",
+				id, res.Recipients, strings.Join(st, ","), res.Batches, res.Skipped), nil
+		}),
 	}
 	cmd.Flags().StringVar(&states, "state", strings.Join(campaign.DefaultRetryStates, ","),
 		"delivery states to send again, comma separated: deferred, expired, unknown, bounced")
