@@ -5,65 +5,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/blaster-mail/blaster/internal/smtptest"
 )
 
-const sinkPath = "/usr/sbin/smtp-sink"
-
-// startSink runs Postfix's smtp-sink on a free loopback port with the
-// given fault-injection flags and returns its address. Without smtp-sink
-// the test is skipped, unless CI=true, where that is a failure.
+// startSink runs Postfix's smtp-sink with the given fault-injection flags
+// and returns its address.
 func startSink(t testing.TB, flags ...string) string {
 	t.Helper()
-	if _, err := os.Stat(sinkPath); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("smtp-sink is required in CI: %v", err)
-		}
-		t.Skipf("smtp-sink not installed: %v", err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	var stderr bytes.Buffer
-	// We run as root; smtp-sink insists on dropping privileges.
-	args := append(append([]string{}, flags...), "-u", "nobody", addr, "256")
-	cmd := exec.Command(sinkPath, args...)
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting smtp-sink: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			t.Fatalf("smtp-sink %v exited: %v: %s", args, err, stderr.String())
-		default:
-		}
-		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-			c.Close()
-			return addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("smtp-sink on %s not accepting: %s", addr, stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline
-	}
+	return smtptest.RunSmtpSink(t, smtptest.SmtpSinkOptions{Flags: flags}).Addr
 }
 
 func dialSink(t testing.TB, addr string) (*Client, error) {
@@ -73,15 +27,8 @@ func dialSink(t testing.TB, addr string) (*Client, error) {
 // TestSinkDump sends through smtp-sink with its dump option and reads what
 // it received: an independent check of the wire format.
 func TestSinkDump(t *testing.T) {
-	dir, err := os.MkdirTemp("", "sinkdump")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o777); err != nil { // smtp-sink writes as nobody
-		t.Fatal(err)
-	}
-	addr := startSink(t, "-D", filepath.Join(dir, "dump"))
+	sink := smtptest.RunSmtpSink(t, smtptest.SmtpSinkOptions{Dump: true})
+	addr := sink.Addr
 	c, err := dialSink(t, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +49,7 @@ func TestSinkDump(t *testing.T) {
 	}
 	// smtp-sink writes the dump as the "." arrives; Quit returned after
 	// its reply, so the file is complete.
-	dump, err := os.ReadFile(filepath.Join(dir, "dump"))
+	dump, err := os.ReadFile(sink.Dump)
 	if err != nil {
 		t.Fatal(err)
 	}
