@@ -7,9 +7,7 @@ import (
 	"testing"
 
 	"github.com/blaster-mail/blaster/campaign"
-	"github.com/blaster-mail/blaster/db"
 	"github.com/blaster-mail/blaster/internal/dbtest"
-	"github.com/blaster-mail/blaster/worker"
 )
 
 // TestCampaignLifecycleCommands drives pause, resume, retry and cancel
@@ -18,26 +16,9 @@ import (
 func TestCampaignLifecycleCommands(t *testing.T) {
 	url := dbtest.New(t)
 	ctx := context.Background()
-	pool, err := db.Open(ctx, url, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer pool.Close()
-	if _, _, err := runContactCLI(t, url, "email\na@alpha.example.test\nb@alpha.example.test\nc@beta.example.test\n", "import", "--list", "news", "-"); err != nil {
-		t.Fatalf("import: %v", err)
-	}
-	c, err := campaign.Create(ctx, pool, campaign.New{Name: "n", List: "news", From: "news@sender.example.test", Subject: "s", Text: "t"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := worker.InsertClient(pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := campaign.Start(ctx, pool, rc, c.ID); err != nil {
-		t.Fatal(err)
-	}
-	id := fmt.Sprint(c.ID)
+	pool := openTestPool(t, url)
+	cid := seedCampaign(t, pool, "news", campaign.Newsletter, map[string]int{"alpha.example.test": 2, "beta.example.test": 1})
+	id := fmt.Sprint(cid)
 
 	steps := []struct {
 		args    []string
@@ -57,7 +38,7 @@ func TestCampaignLifecycleCommands(t *testing.T) {
 	for _, s := range steps {
 		if strings.Join(s.args[:2], " ") == "campaign retry" && s.errText == "" {
 			// Two recipients of one batch were deferred by an earlier attempt.
-			if _, err := pool.Exec(ctx, `UPDATE deliveries SET state = 'deferred' WHERE campaign_id = $1 AND email LIKE '%@alpha.example.test'`, c.ID); err != nil {
+			if _, err := pool.Exec(ctx, `UPDATE deliveries SET state = 'deferred' WHERE campaign_id = $1 AND email LIKE '%@alpha.example.test'`, cid); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -76,7 +57,7 @@ func TestCampaignLifecycleCommands(t *testing.T) {
 			t.Errorf("%v printed %q, want %q", s.args, stdout, s.stdout)
 		}
 	}
-	st, err := campaign.GetStatus(ctx, pool, c.ID)
+	st, err := campaign.GetStatus(ctx, pool, cid)
 	if err != nil {
 		t.Fatal(err)
 	}
