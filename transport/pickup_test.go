@@ -125,11 +125,18 @@ func TestPickupRefusesHeaderInjection(t *testing.T) {
 			t.Errorf("Send(%+v) succeeded", env)
 		}
 	}
+	leftNothing(t, dir, "refused sends")
+}
+
+// leftNothing fails t when what (a failed send) left a .eml file in dir
+// or a temporary file in dir/tmp.
+func leftNothing(t *testing.T, dir, what string) {
+	t.Helper()
 	if files := emlFiles(t, dir); len(files) != 0 {
-		t.Errorf("refused sends left %d files", len(files))
+		t.Errorf("%s left %d .eml files", what, len(files))
 	}
 	if left, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(left) != 0 {
-		t.Errorf("refused sends left %d temp files", len(left))
+		t.Errorf("%s left %d temp files", what, len(left))
 	}
 }
 
@@ -142,12 +149,7 @@ func TestPickupFailedBodyLeavesNothing(t *testing.T) {
 	if _, err := s.Send(context.Background(), env, body); err == nil {
 		t.Fatal("Send with a failing body succeeded")
 	}
-	if files := emlFiles(t, dir); len(files) != 0 {
-		t.Errorf("a failed body left %d .eml files", len(files))
-	}
-	if left, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(left) != 0 {
-		t.Errorf("a failed body left %d temp files", len(left))
-	}
+	leftNothing(t, dir, "a failed body")
 }
 
 // TestPickupStreamsTheBody writes a 64 MiB body and checks the bytes
