@@ -57,3 +57,78 @@ func TestMigrate(t *testing.T) {
 		t.Fatalf("second migrate applied something:\n%s", got)
 	}
 }
+
+// TestListMembersIntegrity checks the statement-level design that replaced
+// list_members' foreign keys (migration 0004): members must name an existing
+// list and contact, and deleting or truncating either deletes the members.
+func TestListMembersIntegrity(t *testing.T) {
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	var list, other, ann, bob int64
+	if err := pool.QueryRow(ctx, `INSERT INTO lists (name) VALUES ('a') RETURNING id`).Scan(&list); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `INSERT INTO lists (name) VALUES ('b') RETURNING id`).Scan(&other); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ('ann@example.test') RETURNING id`).Scan(&ann); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ('bob@example.test') RETURNING id`).Scan(&bob); err != nil {
+		t.Fatal(err)
+	}
+	members := func() int {
+		t.Helper()
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM list_members`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO list_members (list_id, contact_id) VALUES ($1, $2), ($1, $3), ($4, $2), ($4, $3)`,
+		list, ann, bob, other); err != nil {
+		t.Fatalf("adding members: %v", err)
+	}
+
+	for _, c := range []struct {
+		sql  string
+		args []any
+		want string
+	}{
+		{`INSERT INTO list_members (list_id, contact_id) VALUES ($1, $2)`, []any{list, bob + 1000}, "contact"},
+		{`INSERT INTO list_members (list_id, contact_id) VALUES ($1, $2)`, []any{other + 1000, ann}, "list"},
+		{`UPDATE list_members SET contact_id = $1 WHERE contact_id = $2`, []any{bob + 1000, ann}, "contact"},
+		{`UPDATE contacts SET id = DEFAULT WHERE id = $1`, []any{ann}, "cannot change"},
+	} {
+		_, err := pool.Exec(ctx, c.sql, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s %v: error %v, want a foreign key error about the %s", c.sql, c.args, err, c.want)
+		}
+	}
+	if n := members(); n != 4 {
+		t.Fatalf("%d members after the refused changes, want 4", n)
+	}
+
+	if _, err := pool.Exec(ctx, `DELETE FROM contacts WHERE id = $1`, ann); err != nil {
+		t.Fatal(err)
+	}
+	if n := members(); n != 2 {
+		t.Errorf("%d members after deleting a contact of two lists, want 2", n)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM lists WHERE id = $1`, other); err != nil {
+		t.Fatal(err)
+	}
+	var left int64
+	if err := pool.QueryRow(ctx, `SELECT contact_id FROM list_members WHERE list_id = $1`, list).Scan(&left); err != nil || left != bob {
+		t.Errorf("after deleting a list: member %d (%v), want only bob (%d) on the other list", left, err, bob)
+	}
+	if n := members(); n != 1 {
+		t.Errorf("%d members after deleting a list, want 1", n)
+	}
+	if _, err := pool.Exec(ctx, `TRUNCATE contacts CASCADE`); err != nil {
+		t.Fatal(err)
+	}
+	if n := members(); n != 0 {
+		t.Errorf("%d members after truncating contacts, want 0", n)
+	}
+}

@@ -20,9 +20,9 @@ const maxShownRejects = 20
 
 func newImportCmd(a *app) *cobra.Command {
 	var (
-		list, delimiter, rejectsPath string
-		mapping                      map[string]string
-		dryRun                       bool
+		list, delimiter, rejectsPath, explainPath string
+		mapping                                   map[string]string
+		dryRun                                    bool
 	)
 	cmd := &cobra.Command{
 		Use:   "import --list NAME FILE.csv|-",
@@ -78,6 +78,7 @@ next to the input when there are any.`,
 				Columns:   mapping,
 				DryRun:    dryRun,
 				Progress:  bar.update,
+				Logger:    a.logger,
 				OnReject: func(r contact.Reject) {
 					if r.Duplicate || shown >= maxShownRejects {
 						return
@@ -89,6 +90,14 @@ next to the input when there are any.`,
 			}
 			if rejects != nil {
 				opts.Rejects = rejects
+			}
+			if explainPath != "" {
+				f, err := os.Create(explainPath)
+				if err != nil {
+					return fmt.Errorf("creating --explain file: %w", err)
+				}
+				defer f.Close()
+				opts.Explain = f
 			}
 			sum, err := contact.Import(cmd.Context(), pool, counted, opts)
 			bar.clear()
@@ -123,6 +132,8 @@ next to the input when there are any.`,
 	f.StringToStringVar(&mapping, "map", nil, "column mapping when the header differs, e.g. email=E-Mail,name=Full Name")
 	f.StringVar(&rejectsPath, "rejects", "", "where to write rejected rows as CSV (default FILE.rejects.csv when there are any)")
 	f.BoolVar(&dryRun, "dry-run", false, "validate and count, then roll back: nothing is written")
+	f.StringVar(&explainPath, "explain", "", "diagnostics: write EXPLAIN (ANALYZE, BUFFERS, WAL) of the merge to this file (the merge runs twice)")
+	f.MarkHidden("explain")
 	return cmd
 }
 

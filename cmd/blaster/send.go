@@ -216,19 +216,17 @@ func addRecipients(ctx context.Context, tx pgx.Tx, now time.Time, addrs []string
 			return "", fmt.Errorf("finding list %q: %w", list, err)
 		}
 	}
-	lower := make([]string, len(addrs))
-	for i, a := range addrs {
-		lower[i] = strings.ToLower(a)
-	}
+	// lower(email) COLLATE "C" is the contacts key (migration 0004).
 	if _, err := tx.Exec(ctx, `
 		INSERT INTO contacts (email) SELECT unnest($1::text[])
-		ON CONFLICT ((lower(email))) DO NOTHING`, addrs); err != nil {
+		ON CONFLICT ((lower(email)) COLLATE "C") DO NOTHING`, addrs); err != nil {
 		return "", fmt.Errorf("adding recipients to contacts: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `
 		INSERT INTO list_members (list_id, contact_id)
-		SELECT $1, id FROM contacts WHERE lower(email) = ANY($2)
-		ON CONFLICT DO NOTHING`, listID, lower); err != nil {
+		SELECT $1, id FROM contacts
+		WHERE lower(email) COLLATE "C" IN (SELECT lower(a) COLLATE "C" FROM unnest($2::text[]) a)
+		ON CONFLICT DO NOTHING`, listID, addrs); err != nil {
 		return "", fmt.Errorf("adding recipients to list %s: %w", list, err)
 	}
 	return list, nil
