@@ -171,6 +171,24 @@ func recipient(to string, v *view) string {
 	return to
 }
 
+// GroupAddress returns the To of a message sent to many: an empty group
+// (RFC 5322 §3.4) named after name, e.g. "newsletter:;". Characters a group
+// name may not hold here (anything but ASCII letters, digits, space, '.',
+// '-' and '_') are left out; "undisclosed-recipients:;" when none is left.
+func GroupAddress(name string) string {
+	name = strings.Map(func(r rune) rune {
+		if r < utf8.RuneSelf && (r == ' ' || r == '.' || r == '-' || r == '_' ||
+			'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9') {
+			return r
+		}
+		return -1
+	}, name)
+	if strings.TrimSpace(name) == "" {
+		name = "undisclosed-recipients"
+	}
+	return name + ":;"
+}
+
 // formatTo formats To: one address, or an empty group ("name:;", RFC
 // 5322 §3.4) whose display name must be plain atoms and spaces.
 func formatTo(to string) (string, error) {

@@ -476,3 +476,22 @@ func TestHeaderOrder(t *testing.T) {
 		t.Errorf("header fields in order %q, want %q", names, want)
 	}
 }
+
+func TestGroupAddress(t *testing.T) {
+	for _, c := range []struct{ name, want string }{
+		{"newsletter", "newsletter:;"},
+		{"Weekly news 2026-12", "Weekly news 2026-12:;"},
+		{"a+b/c, \"d\" <e>;", "abc d e:;"},
+		{"Zürich", "Zrich:;"},
+		{"\r\n", "undisclosed-recipients:;"},
+		{"", "undisclosed-recipients:;"},
+	} {
+		got := GroupAddress(c.name)
+		if got != c.want {
+			t.Errorf("GroupAddress(%q) = %q, want %q", c.name, got, c.want)
+		}
+		if _, err := formatTo(got); err != nil {
+			t.Errorf("GroupAddress(%q) = %q, which To refuses: %v", c.name, got, err)
+		}
+	}
+}

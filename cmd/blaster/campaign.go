@@ -27,7 +27,7 @@ func newCampaignCmd(a *app) *cobra.Command {
 		Short: "Create, start and follow campaigns",
 	}
 	cmd.AddCommand(newCampaignCreateCmd(a), newCampaignStartCmd(a), newCampaignStatusCmd(a), newCampaignListCmd(a),
-		newCampaignReportCmd(a))
+		newCampaignReportCmd(a), newCampaignPreviewCmd(a))
 	cmd.AddCommand(newLifecycleCmds(a)...)
 	for _, sub := range cmd.Commands() {
 		if strings.HasPrefix(sub.Use, sub.Name()+" ID") {
