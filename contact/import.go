@@ -53,6 +53,11 @@ type ImportOptions struct {
 	// every ProgressEvery rows and once when reading ends.
 	Progress func(rows int64)
 
+	// Merging, when not nil, is called once reading has ended and the merge
+	// into contacts starts (for a progress display: the merge of a large
+	// file takes a while and reports nothing until it is done).
+	Merging func()
+
 	// Logger, when not nil, receives the time each phase took (read and
 	// COPY, lock, merge, duplicates, commit) at debug level.
 	Logger *slog.Logger
@@ -96,10 +101,11 @@ func (s *Summary) Imported() int64 { return s.Inserted + s.Updated + s.Unchanged
 //
 // Rows are validated as they are read (field count, UTF-8, ParseAddress on
 // the email, no control characters in the name) and COPYed into a temporary
-// staging table; one INSERT ... ON CONFLICT statement then merges the
-// staging table into contacts and one more adds the list membership. A bad
-// row never stops the import: it is counted and reported through
-// opts.Rejects and opts.OnReject with its file line.
+// staging table; then, with contacts locked against other writers (readers
+// go on), one statement merges the staging table into contacts and the
+// list's membership (mergeSQL). A bad row never stops the import: it is
+// counted and reported through opts.Rejects and opts.OnReject with its file
+// line.
 //
 // Merge rules: an address that occurs more than once in the file (compared
 // case-insensitively, like the contacts index) is taken from its FIRST
@@ -184,6 +190,9 @@ func Import(ctx context.Context, pool *pgxpool.Pool, r io.Reader, opts ImportOpt
 		opts.Progress(sum.Rows)
 	}
 	ph.done("read and COPY into staging", "rows", sum.Rows, "staged", staged)
+	if opts.Merging != nil {
+		opts.Merging()
+	}
 
 	// No other transaction may add contacts between the merge's look-up of
 	// existing addresses and its commit, so that new addresses go in with a

@@ -78,6 +78,7 @@ next to the input when there are any.`,
 				Columns:   mapping,
 				DryRun:    dryRun,
 				Progress:  bar.update,
+				Merging:   bar.merging,
 				Logger:    a.logger,
 				OnReject: func(r contact.Reject) {
 					if r.Duplicate || shown >= maxShownRejects {
@@ -221,6 +222,9 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// progressWidth is the progress bar's width in characters.
+const progressWidth = 30
+
 // progressBar draws import progress on a terminal, at most ten times a
 // second, and nothing when w is not a terminal.
 type progressBar struct {
@@ -249,9 +253,18 @@ func (b *progressBar) update(rows int64) {
 	}
 	frac := float64(b.read.n.Load()) / float64(b.size)
 	frac = min(frac, 1)
-	const width = 30
-	fill := int(frac * width)
-	fmt.Fprintf(b.w, "\r\033[K[%s%s] %3.0f%%  %d rows", strings.Repeat("=", fill), strings.Repeat(" ", width-fill), frac*100, rows)
+	fill := int(frac * progressWidth)
+	fmt.Fprintf(b.w, "\r\033[K[%s%s] %3.0f%%  %d rows", strings.Repeat("=", fill), strings.Repeat(" ", progressWidth-fill), frac*100, rows)
+}
+
+// merging draws the bar full, with a note that the rows read are being
+// merged, whatever the time since the last draw.
+func (b *progressBar) merging() {
+	if !b.tty {
+		return
+	}
+	b.drawn = true
+	fmt.Fprintf(b.w, "\r\033[K[%s] 100%%  read; merging into contacts and the list ...", strings.Repeat("=", progressWidth))
 }
 
 // clear removes the bar so that other output starts on a clean line.

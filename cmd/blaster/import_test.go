@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -92,5 +93,34 @@ func TestImportCommand(t *testing.T) {
 	os.WriteFile(noEmail, []byte("name\nAnn\n"), 0o600)
 	if _, _, err := runContactCLI(t, url, "", "import", "--list", "news", noEmail); err == nil || !strings.Contains(err.Error(), noEmail+":1:") {
 		t.Errorf("import without an email column: %v, want an error naming %s:1", err, noEmail)
+	}
+}
+
+// TestProgressBar draws the bar as it would on a terminal: the share of
+// the input read, then the merge note, then nothing left after clear.
+func TestProgressBar(t *testing.T) {
+	var buf bytes.Buffer
+	read := &countingReader{r: strings.NewReader(strings.Repeat("x", 100))}
+	io.CopyN(io.Discard, read, 50)
+	b := &progressBar{w: &buf, tty: true, size: 100, read: read}
+	b.update(10_000)
+	if !strings.Contains(buf.String(), " 50%  10000 rows") {
+		t.Errorf("bar at half the input: %q", buf.String())
+	}
+	b.merging()
+	if !strings.Contains(buf.String(), "100%  read; merging") {
+		t.Errorf("bar while merging: %q", buf.String())
+	}
+	buf.Reset()
+	b.clear()
+	if buf.String() != "\r\033[K" {
+		t.Errorf("clear wrote %q", buf.String())
+	}
+	quiet := &progressBar{w: &buf, size: 100, read: read}
+	buf.Reset()
+	quiet.update(10_000)
+	quiet.merging()
+	if buf.Len() != 0 {
+		t.Errorf("bar drawn on a non-terminal: %q", buf.String())
 	}
 }
