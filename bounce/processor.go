@@ -284,7 +284,7 @@ func (p *Processor) events(ctx context.Context, q campaign.Querier, t returnpath
 			err := q.QueryRow(ctx, `
 				SELECT d.contact_id, d.email FROM contacts c
 				JOIN deliveries d ON d.contact_id = c.id AND d.campaign_id = $1
-				WHERE lower(c.email) = $2`, t.CampaignID, a).Scan(&id, &email)
+				WHERE lower(c.email) COLLATE "C" = $2`, t.CampaignID, a).Scan(&id, &email)
 			if errors.Is(err, pgx.ErrNoRows) {
 				continue
 			}
