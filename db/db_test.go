@@ -5,6 +5,7 @@ import (
 	"context"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -130,5 +131,75 @@ func TestListMembersIntegrity(t *testing.T) {
 	}
 	if n := members(); n != 0 {
 		t.Errorf("%d members after truncating contacts, want 0", n)
+	}
+}
+
+// TestListMembersDeleteWaitsForAdders checks the lock that stands in for the
+// foreign key's row lock: a contact deleted while another transaction is
+// adding it to a list waits for that transaction, then deletes the new
+// member too, so no member outlives its contact.
+func TestListMembersDeleteWaitsForAdders(t *testing.T) {
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	var list, ann int64
+	if err := pool.QueryRow(ctx, `INSERT INTO lists (name) VALUES ('a') RETURNING id`).Scan(&list); err != nil {
+		t.Fatal(err)
+	}
+	if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ('ann@example.test') RETURNING id`).Scan(&ann); err != nil {
+		t.Fatal(err)
+	}
+	adder, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adder.Rollback(ctx)
+	if _, err := adder.Exec(ctx, `INSERT INTO list_members (list_id, contact_id) VALUES ($1, $2)`, list, ann); err != nil {
+		t.Fatal(err)
+	}
+
+	deleted := make(chan error, 1)
+	var deleterPID uint32
+	conn, err := pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	deleterPID = conn.Conn().PgConn().PID()
+	go func() {
+		_, err := conn.Exec(ctx, `DELETE FROM contacts WHERE id = $1`, ann)
+		deleted <- err
+	}()
+	// The delete must wait on a lock while the adder is open.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var waiting bool
+		if err := pool.QueryRow(ctx, `SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1`, deleterPID).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting {
+			break
+		}
+		select {
+		case err := <-deleted:
+			t.Fatalf("delete finished (%v) while a transaction was adding the contact to a list", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the delete never waited for the transaction adding a member")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := adder.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-deleted; err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	var n int
+	if err := pool.QueryRow(ctx, `SELECT count(*) FROM list_members WHERE contact_id = $1`, ann).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("%d members left for the deleted contact, want 0", n)
 	}
 }
