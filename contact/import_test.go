@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/csv"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -349,4 +350,53 @@ func TestImportRejectsBadEncoding(t *testing.T) {
 		t.Errorf("summary %+v, want 1 inserted", sum)
 	}
 	wantRejects(t, rejects, map[int64]string{3: "not valid UTF-8", 4: "NUL"})
+}
+
+// TestImportConcurrent runs two imports of overlapping files at once: the
+// second merge waits for the first (the contacts lock) and then sees its
+// contacts, so both succeed, every address is inserted exactly once and
+// both lists get all their members.
+func TestImportConcurrent(t *testing.T) {
+	pool := dbtest.Pool(t)
+	file := func(from, to int) string {
+		var b strings.Builder
+		b.WriteString("email\n")
+		for i := from; i < to; i++ {
+			fmt.Fprintf(&b, "u%d@example.test\n", i)
+		}
+		return b.String()
+	}
+	type result struct {
+		sum *Summary
+		err error
+	}
+	results := make(chan result, 2)
+	for i, text := range []string{file(0, 3000), file(1000, 4000)} {
+		go func() {
+			sum, err := Import(context.Background(), pool, strings.NewReader(text), ImportOptions{List: fmt.Sprintf("l%d", i)})
+			results <- result{sum, err}
+		}()
+	}
+	var inserted, existing int64
+	for range 2 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("concurrent import: %v", r.err)
+		}
+		if r.sum.Added != 3000 {
+			t.Errorf("summary %+v: %d joined the list, want 3000", r.sum, r.sum.Added)
+		}
+		inserted += r.sum.Inserted
+		existing += r.sum.Unchanged + r.sum.Updated
+	}
+	if inserted != 4000 || existing != 2000 {
+		t.Errorf("inserted %d and found %d existing, want 4000 and the 2000 shared addresses", inserted, existing)
+	}
+	var n int
+	if err := pool.QueryRow(context.Background(), "SELECT count(*) FROM contacts").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 4000 {
+		t.Errorf("%d contacts, want 4000", n)
+	}
 }
