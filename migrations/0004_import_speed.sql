@@ -97,22 +97,20 @@ BEGIN
         MESSAGE = format('%s: id %s cannot change (list_members refer to ids)', TG_TABLE_NAME, OLD.id);
 END $$;
 
-CREATE TRIGGER list_members_lock BEFORE DELETE ON contacts
-    FOR EACH STATEMENT EXECUTE FUNCTION list_members_lock();
-CREATE TRIGGER list_members_cascade AFTER DELETE ON contacts
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION list_members_cascade();
-CREATE TRIGGER list_members_truncate AFTER TRUNCATE ON contacts
-    FOR EACH STATEMENT EXECUTE FUNCTION list_members_cascade();
-CREATE TRIGGER list_members_keep_id BEFORE UPDATE OF id ON contacts
-    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION list_members_keep_id();
-
-CREATE TRIGGER list_members_lock BEFORE DELETE ON lists
-    FOR EACH STATEMENT EXECUTE FUNCTION list_members_lock();
-CREATE TRIGGER list_members_cascade AFTER DELETE ON lists
-    REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION list_members_cascade();
-CREATE TRIGGER list_members_truncate AFTER TRUNCATE ON lists
-    FOR EACH STATEMENT EXECUTE FUNCTION list_members_cascade();
-CREATE TRIGGER list_members_keep_id BEFORE UPDATE OF id ON lists
-    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION list_members_keep_id();
+-- The same four triggers on contacts and on lists.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['contacts', 'lists'] LOOP
+        EXECUTE format('CREATE TRIGGER list_members_lock BEFORE DELETE ON %I
+            FOR EACH STATEMENT EXECUTE FUNCTION list_members_lock()', t);
+        EXECUTE format('CREATE TRIGGER list_members_cascade AFTER DELETE ON %I
+            REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION list_members_cascade()', t);
+        EXECUTE format('CREATE TRIGGER list_members_truncate AFTER TRUNCATE ON %I
+            FOR EACH STATEMENT EXECUTE FUNCTION list_members_cascade()', t);
+        EXECUTE format('CREATE TRIGGER list_members_keep_id BEFORE UPDATE OF id ON %I
+            FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id) EXECUTE FUNCTION list_members_keep_id()', t);
+    END LOOP;
+END $$;
