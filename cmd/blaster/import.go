@@ -39,7 +39,11 @@ is detected from the header among , ; TAB | unless --delimiter is given.
 Bad rows never stop the import. Each is reported as FILE:LINE: REASON and
 written, with rows whose address appeared earlier in the file (the first
 occurrence is kept), to the rejects file: --rejects, or FILE.rejects.csv
-next to the input when there are any.`,
+next to the input when there are any.
+
+While the rows read are merged into contacts (after the file has been read),
+other writers of contacts (another import, blaster send) wait for the import
+to commit; campaign start, workers and the unsubscribe endpoint do not.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if list == "" {
