@@ -37,8 +37,9 @@ type Limits struct {
 	// Burst is how many recipients may go at once after a quiet period
 	// (the token bucket's size). Default: Rate/10 rounded up, at least 1.
 	// Keep it at or below a tenth of Rate to keep every second within 110%
-	// of the rate. Transactions with more recipients than Burst still pass:
-	// they wait for the tokens to accumulate.
+	// of the rate. The send worker keeps transactions to at most Burst
+	// recipients (the newsletter share of it for newsletters: see
+	// Limiter.Limits); an Acquire of more takes them piece by piece.
 	Burst int `toml:"burst"`
 	// ConnRate is how many new connections per second may be opened.
 	ConnRate float64 `toml:"conn_rate"`
@@ -282,9 +283,7 @@ func ParseConfig(name string, b []byte) (Config, error) {
 // rule pack of default.toml is used when c has no rules.
 func (c Config) WithDefaults() Config {
 	if c.AlertReserve == 0 {
-		c.AlertReserve = 0.2
-	} else if c.AlertReserve < 0 {
-		c.AlertReserve = 0
+		c.AlertReserve = 0.2 // a negative value stays: New applies WithDefaults again
 	}
 	setD := func(d *Duration, v time.Duration) {
 		if *d <= 0 {

@@ -92,12 +92,39 @@ func (l *Limiter) Config() Config { return l.cfg }
 // (not key.Alert) also from the newsletter share of each. It waits up to
 // Config.MaxWait for budget; when the budget is further off, or a scope is
 // suspended, it takes nothing and returns how long to wait instead.
+//
+// No bucket holds more than its burst, so n above the smallest burst
+// (Limits(key).MaxRcpts, which the send worker keeps to) is taken in
+// burst-sized pieces, each waiting up to MaxWait: such a transaction waits
+// for its tokens to accumulate. When a later piece is refused, the pieces
+// already taken stay spent (the throttle errs on the slow side).
 func (l *Limiter) Acquire(ctx context.Context, key Key, n int) (time.Duration, error) {
-	if n <= 0 {
-		return 0, nil
-	}
 	refs := l.scopes(ctx, key)
-	return l.take(ctx, l.rateBuckets(refs, key.Alert), refs, n)
+	bs := l.rateBuckets(refs, key.Alert)
+	piece := maxTake(bs)
+	for n > 0 {
+		k := n
+		if piece > 0 {
+			k = min(n, piece)
+		}
+		if wait, err := l.take(ctx, bs, refs, k); err != nil || wait > 0 {
+			return wait, err
+		}
+		n -= k
+	}
+	return 0, nil
+}
+
+// maxTake is the most tokens one take from bs can get at once: the
+// smallest burst among the buckets that limit it; 0 when none does.
+func maxTake(bs []bucket) int {
+	m := 0
+	for _, b := range bs {
+		if !b.debit && (m == 0 || b.burst < m) {
+			m = b.burst
+		}
+	}
+	return m
 }
 
 // take runs the store's take until it grants, or the wait exceeds MaxWait.
@@ -298,13 +325,18 @@ func (l *Limiter) adaptScopeLocked(key Key, which string) (scopeRef, bool) {
 
 // Limits returns the limits that hold for key: the tightest of its scopes'.
 // The MX transport takes its connection caps (MaxConns, MaxMsgsPerConn) and
-// the send worker its transaction size (MaxRcpts) from here.
+// the send worker its transaction size (MaxRcpts) from here. MaxRcpts is
+// also kept to the most one Acquire under key can take at once (the
+// smallest burst of its rate buckets, the newsletter share's for
+// newsletters): a bigger transaction would wait for tokens while holding
+// its connection, and land on the server as a burst above the rate.
 func (l *Limiter) Limits(key Key) Limits {
 	var out Limits
-	for _, r := range l.scopes(context.Background(), key) {
+	refs := l.scopes(context.Background(), key)
+	for _, r := range refs {
 		out = out.tighter(r.lim)
 	}
-	return out
+	return out.tighter(Limits{MaxRcpts: maxTake(l.rateBuckets(refs, key.Alert))})
 }
 
 // scopes lists key's scopes: global, route, destination (not through a

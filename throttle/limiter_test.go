@@ -101,13 +101,39 @@ func TestAcquireMoreThanBurstWaits(t *testing.T) {
 	if slept := clk.Now().Sub(start); slept != 1500*time.Millisecond {
 		t.Fatalf("Acquire slept %v, want 1.5s", slept)
 	}
-	// 30 more would need 3s: beyond MaxWait, reported, nothing taken.
-	if w := acquire(t, l, Key{Domain: "example.test"}, 30); w != 3*time.Second {
-		t.Fatalf("wait %v, want 3s", w)
-	}
+	// 30 more need 3s, beyond MaxWait: taken in pieces of the burst, each
+	// waiting 0.5s, so the transaction still goes (it used to be refused
+	// again at every retry, for ever).
 	start = clk.Now()
-	if w := acquire(t, l, Key{Domain: "example.test"}, 1); w != 0 || clk.Now().Sub(start) != 100*time.Millisecond {
-		t.Fatalf("after a refused Acquire: wait %v, slept %v; want 0, 100ms (nothing taken)", w, clk.Now().Sub(start))
+	if w := acquire(t, l, Key{Domain: "example.test"}, 30); w != 0 {
+		t.Fatalf("wait %v, want 0", w)
+	}
+	if slept := clk.Now().Sub(start); slept != 3*time.Second {
+		t.Fatalf("Acquire of 30 slept %v, want 3s", slept)
+	}
+}
+
+// TestLimitsMaxRcptsWithinBurst: transactions are cut to what one Acquire
+// can take at once: the burst for alerts, the newsletter share of it for
+// newsletters, or max_recipients when that is smaller.
+func TestLimitsMaxRcptsWithinBurst(t *testing.T) {
+	clk := newFakeClock()
+	cfg := testConfig(clk)
+	cfg.Domain = Limits{Rate: 20, Burst: 20, MaxRcpts: 100}
+	cfg.Domains = map[string]Limits{"few.example.test": {MaxRcpts: 10}}
+	l := newTestLimiter(t, cfg)
+	for _, c := range []struct {
+		key  Key
+		want int
+	}{
+		{Key{Domain: "example.test"}, 16},
+		{Key{Domain: "example.test", Alert: true}, 20},
+		{Key{Domain: "few.example.test"}, 10},
+		{Key{Route: "smtp://relay.example.test"}, 0}, // through a relay: no domain limits, no rate
+	} {
+		if got := l.Limits(c.key).MaxRcpts; got != c.want {
+			t.Errorf("Limits(%+v).MaxRcpts = %d, want %d", c.key, got, c.want)
+		}
 	}
 }
 
@@ -447,5 +473,24 @@ func BenchmarkAcquireLocal(b *testing.B) {
 		if _, err := l.Acquire(ctx, key, 1); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestNoReserveFromFile: alert_reserve = -1 in a file reserves nothing,
+// although New applies WithDefaults a second time (it used to turn -1
+// into 0 and then into the default 0.2).
+func TestNoReserveFromFile(t *testing.T) {
+	cfg, err := ParseConfig("bench.toml", []byte("alert_reserve = -1\n[route]\nrate = 200\nburst = 20\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Logger = slog.New(slog.DiscardHandler)
+	l := newTestLimiter(t, cfg)
+	key := Key{Route: "smtp://relay.example.test:587"}
+	if got := l.Limits(key).MaxRcpts; got != 20 {
+		t.Fatalf("newsletter MaxRcpts %d, want the whole burst 20 (no newsletter share)", got)
+	}
+	if bs := l.rateBuckets(l.scopes(context.Background(), key), false); len(bs) != 1 {
+		t.Fatalf("buckets %+v, want the route's alone", bs)
 	}
 }

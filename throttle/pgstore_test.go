@@ -391,3 +391,25 @@ func BenchmarkAcquireShared(b *testing.B) {
 		}
 	}
 }
+
+// TestSharedAcquireAboveBurst: a transaction of more recipients than a
+// bucket holds still gets its tokens from the shared store, piece by piece
+// at the rate (before, every lease stopped at the burst and the wait for
+// the rest always exceeded MaxWait: such a batch was snoozed for ever).
+func TestSharedAcquireAboveBurst(t *testing.T) {
+	clk := newDBFakeClock()
+	cfg := sharedConfig(processes(t, 1)[0], clk)
+	cfg.MaxWait = Duration(2 * time.Second)
+	cfg.AlertReserve = 0.2
+	cfg.Domain = Limits{Rate: 20, Burst: 20}
+	l := newTestLimiter(t, cfg)
+	key := Key{Route: "mx:mx.example.test", Domain: "example.test", Campaign: 1}
+	start := clk.Now()
+	if w := acquire(t, l, key, 100); w != 0 {
+		t.Fatalf("Acquire(100) at 20/s, burst 20: wait %v, want 0", w)
+	}
+	// The newsletter share is 16/s with a burst of 16: 84 more take 5.25s.
+	if slept := clk.Now().Sub(start); slept < 5*time.Second || slept > 6*time.Second {
+		t.Fatalf("Acquire(100) slept %v, want ~5.25s", slept)
+	}
+}
