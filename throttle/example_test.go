@@ -27,6 +27,7 @@ func Example() {
 		panic(err)
 	}
 	key := throttle.Key{Route: "mx:gmail-smtp-in.l.google.com", Domain: "gmail.com", Campaign: 1}
+	// Gmail's burst is 100; a newsletter may use 80% of it.
 	fmt.Println("max recipients per transaction:", l.Limits(key).MaxRcpts)
 
 	reply := &smtp.Error{Reply: smtp.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 28},
@@ -38,7 +39,7 @@ func Example() {
 	wait, _ := l.Acquire(context.Background(), key, 1)
 	fmt.Println("retry after", wait)
 	// Output:
-	// max recipients per transaction: 100
+	// max recipients per transaction: 80
 	// suspend gmail-rate 20m0s
 	// retry after 20m0s
 }

@@ -320,11 +320,11 @@ func TestDomainGroups(t *testing.T) {
 	if lookups != n {
 		t.Errorf("MX lookup not cached")
 	}
-	if lim := l.Limits(Key{Domain: "corp.example.test"}); lim.Rate != 100 || lim.MaxConns != 20 || lim.MaxRcpts != 100 {
-		t.Errorf("Limits(corp.example.test) = %+v, want gmail's", lim)
+	if lim := l.Limits(Key{Domain: "corp.example.test"}); lim.Rate != 100 || lim.MaxConns != 20 || lim.MaxRcpts != 80 {
+		t.Errorf("Limits(corp.example.test) = %+v, want gmail's (80 recipients: the newsletter share of its burst)", lim)
 	}
-	if lim := l.Limits(Key{Domain: "icloud.com"}); lim.MaxRcpts != 50 {
-		t.Errorf("Limits(icloud.com) = %+v, want max 50 recipients", lim)
+	if lim := l.Limits(Key{Domain: "icloud.com", Alert: true}); lim.MaxRcpts != 10 {
+		t.Errorf("Limits(icloud.com) = %+v, want max 10 recipients (the burst, below max_recipients 50)", lim)
 	}
 }
 

@@ -269,8 +269,12 @@ func (s *pgStore) adapt(ctx context.Context, scope string, a adaptation, now tim
 	if a.suspendFor > 0 {
 		susp = a.suspendFor.Seconds()
 	}
+	// A suspension also empties the scope's buckets as of its end, so the
+	// scope resumes at its (reduced) rate, not with a burst from every
+	// worker whose snoozed batches wake at that same moment.
 	_, err := s.pool.Exec(ctx, `
-		WITH t AS (SELECT coalesce($9::timestamptz, clock_timestamp()) AS now)
+		WITH t AS (SELECT coalesce($9::timestamptz, clock_timestamp()) AS now),
+		ins AS (
 		INSERT INTO throttle_scopes AS s (scope, factor, suspended_until, hold_until, step_at, rule, reason, reason_at)
 		SELECT $1, greatest($4::float8, least($2::float8, $3::float8)),
 		       t.now + make_interval(secs => $5::float8), t.now + make_interval(secs => $6::float8),
@@ -282,7 +286,10 @@ func (s *pgStore) adapt(ctx context.Context, scope string, a adaptation, now tim
 			suspended_until = greatest(s.suspended_until, EXCLUDED.suspended_until),
 			hold_until = greatest(s.hold_until, EXCLUDED.hold_until),
 			step_at = greatest(s.step_at, EXCLUDED.hold_until),
-			rule = EXCLUDED.rule, reason = EXCLUDED.reason, reason_at = EXCLUDED.reason_at`,
+			rule = EXCLUDED.rule, reason = EXCLUDED.reason, reason_at = EXCLUDED.reason_at
+		RETURNING suspended_until)
+		UPDATE throttle_buckets b SET tokens = least(b.tokens, 0), updated_at = greatest(b.updated_at, ins.suspended_until)
+		FROM ins WHERE b.scope = $1 AND $5::float8 IS NOT NULL`,
 		scope, a.mult, a.cap, a.min, susp, a.holdFor.Seconds(), a.rule, a.reason, s.ts(now))
 	if err != nil {
 		return fmt.Errorf("recording back-off of %s: %w", scope, err)

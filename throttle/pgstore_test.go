@@ -413,3 +413,30 @@ func TestSharedAcquireAboveBurst(t *testing.T) {
 		t.Fatalf("Acquire(100) slept %v, want ~5.25s", slept)
 	}
 }
+
+// TestResumeWithoutBurst: a suspended scope resumes at its reduced rate
+// with an empty bucket, in both stores: the batches snoozed for the
+// suspension all wake at its end, and a full bucket would send them to the
+// server at once, straight into the next refusal.
+func TestResumeWithoutBurst(t *testing.T) {
+	for _, shared := range []bool{false, true} {
+		clk := newDBFakeClock()
+		cfg := testConfig(clk)
+		cfg.AlertReserve = -1
+		if shared {
+			cfg.Pool = processes(t, 1)[0]
+		}
+		l := newTestLimiter(t, cfg)
+		key := Key{Route: "mx:mx.example.test", Domain: "example.test"}
+		if w := acquire(t, l, key, 1); w != 0 {
+			t.Fatalf("shared %v: first acquire waits %v", shared, w)
+		}
+		l.Observe(key, &smtp.Error{Reply: smtp.Reply{Code: 421, Text: "busy, try again in 10 seconds"}})
+		clk.Advance(10*time.Second + time.Millisecond)
+		// 10/s x RecoveryStart 0.25 = 2.5/s from empty: 400ms per token.
+		w := acquire(t, l, key, 1)
+		if w < 350*time.Millisecond || w > 400*time.Millisecond {
+			t.Errorf("shared %v: first acquire after the suspension waits %v, want ~400ms (no burst)", shared, w)
+		}
+	}
+}

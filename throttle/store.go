@@ -177,6 +177,15 @@ func (s *memStore) adapt(ctx context.Context, scope string, a adaptation, now ti
 	st := s.scopes[scope].apply(a, now)
 	s.scopes[scope] = st
 	s.retune(scope, now)
+	if a.suspendFor > 0 {
+		// Empty the scope's buckets as of the suspension's end: it resumes
+		// at its reduced rate, not with a full burst (as pgStore.adapt).
+		for _, mb := range s.buckets {
+			if mb.scope == scope {
+				mb.lim.ReserveN(st.suspendedUntil, int(mb.lim.TokensAt(st.suspendedUntil)))
+			}
+		}
+	}
 	return nil
 }
 

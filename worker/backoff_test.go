@@ -1,0 +1,343 @@
+package worker_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/time/rate"
+
+	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/sink"
+	"github.com/blaster-mail/blaster/smtp"
+	"github.com/blaster-mail/blaster/throttle"
+	"github.com/blaster-mail/blaster/transport"
+)
+
+// rateServer is a go-smtp backend that takes at most a rate of messages a
+// second (wall clock) and answers MAIL past it with 451 4.7.1, as Postfix's
+// anvil limits or a large provider would. It counts what it accepted per
+// recipient and what it refused.
+type rateServer struct {
+	lim *rate.Limiter
+
+	mu       sync.Mutex
+	accepted map[string]int
+	refused  int
+}
+
+func (b *rateServer) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
+	return &rateSession{b: b}, nil
+}
+
+type rateSession struct {
+	b     *rateServer
+	rcpts []string
+}
+
+func (s *rateSession) Mail(string, *gosmtp.MailOptions) error {
+	if !s.b.lim.Allow() {
+		s.b.mu.Lock()
+		s.b.refused++
+		s.b.mu.Unlock()
+		return &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 7, 1},
+			Message: "Rate limit exceeded, try again in 1 second"}
+	}
+	return nil
+}
+
+func (s *rateSession) Rcpt(to string, _ *gosmtp.RcptOptions) error {
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
+
+func (s *rateSession) Data(r io.Reader) error {
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	for _, to := range s.rcpts {
+		s.b.accepted[to]++
+	}
+	return nil
+}
+
+func (s *rateSession) Reset()        { s.rcpts = nil }
+func (s *rateSession) Logout() error { return nil }
+
+// serve runs a go-smtp server for b on 127.0.0.1:0 until the test ends.
+func serve(t *testing.T, b gosmtp.Backend) string {
+	t.Helper()
+	s := gosmtp.NewServer(b)
+	s.Domain = "mx.example.test"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(ln)
+	t.Cleanup(func() { s.Close() })
+	return ln.Addr().String()
+}
+
+// setRetry gives the campaign a short retry schedule, so deferred
+// recipients come back within the test.
+func setRetry(t *testing.T, pool *pgxpool.Pool, id int64, d time.Duration) {
+	t.Helper()
+	if _, err := pool.Exec(context.Background(),
+		`UPDATE campaigns SET settings = jsonb_set(settings, '{retry_schedule}', to_jsonb(ARRAY[$2::text]))
+		 WHERE id = $1`, id, d.String()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBackOffThroughWorker: a personalized campaign of 200 recipients goes
+// through the send worker and the ledger to a go-smtp server that takes
+// 40 messages a second and answers 451 4.7.1 "try again in 1 second" past
+// that, while the relay's configured rate is twice that. The worker must
+// back off (the relay scope is suspended, then recovers) and lose nothing:
+// every recipient sent once, recorded sent, and few attempts refused.
+func TestBackOffThroughWorker(t *testing.T) {
+	pool := dbtest.Pool(t)
+	emails := seedList(t, pool, "news", 200)
+	srvb := &rateServer{lim: rate.NewLimiter(40, 5), accepted: map[string]int{}}
+	addr := serve(t, srvb)
+	runThrottledWorker(t, pool, relayTransport(t, addr), throttle.Config{
+		AlertReserve:     -1,
+		Route:            throttle.Limits{Rate: 80, Burst: 8},
+		RecoveryStart:    0.25,
+		RecoveryStep:     1.5,
+		RecoveryInterval: throttle.Duration(2 * time.Second),
+	})
+	id := createCampaign(t, pool, "news", true)
+	setRetry(t, pool, id, time.Second)
+	start(t, pool, id)
+	if st := waitDone(t, pool, id); st.Sent != 200 {
+		t.Fatalf("status %+v, want 200 sent", st)
+	}
+
+	srvb.mu.Lock()
+	refused := srvb.refused
+	for _, e := range emails {
+		if srvb.accepted[e] != 1 {
+			t.Errorf("%s accepted %d times, want once", e, srvb.accepted[e])
+		}
+	}
+	srvb.mu.Unlock()
+	var attempts, deferredOnce int
+	if err := pool.QueryRow(context.Background(), `
+		SELECT sum(attempts), count(*) FILTER (WHERE attempts > 1) FROM deliveries WHERE campaign_id = $1`, id).
+		Scan(&attempts, &deferredOnce); err != nil {
+		t.Fatal(err)
+	}
+	if attempts != 200+refused {
+		t.Errorf("ledger counts %d attempts, want 200 + the %d the server refused", attempts, refused)
+	}
+	if refused == 0 {
+		t.Fatal("the server never refused: the test does not exercise back-off")
+	}
+	var rule string
+	if err := pool.QueryRow(context.Background(),
+		`SELECT rule FROM throttle_scopes WHERE scope LIKE 'route:%'`).Scan(&rule); err != nil {
+		t.Fatalf("no back-off recorded for the relay: %v", err)
+	}
+	// Without back-off, half of the attempts past the first second would
+	// be refused; with it, about one per connection in flight each time
+	// the recovering rate passes the server's.
+	if refused*10 > attempts {
+		t.Errorf("%d of %d attempts refused, want under 10%%", refused, attempts)
+	}
+	t.Logf("200 recipients, %d attempts, %d refused by the server (%.1f%%), %d recipients deferred once or more; last rule %s",
+		attempts, refused, 100*float64(refused)/float64(attempts), deferredOnce, rule)
+}
+
+// TestThrottledBatchSnoozes: a batch whose relay is suspended, or out of
+// budget, is snoozed: no attempt is spent (in the ledger or in River) and
+// nobody is marked deferred; it goes out once the suspension ends.
+func TestThrottledBatchSnoozes(t *testing.T) {
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	emails := seedList(t, pool, "news", 20) // 5 domains x 4: 5 batches
+	srv := sink.New(sink.Config{Record: true})
+	if err := srv.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	tr := relayTransport(t, srv.Addr())
+
+	// Another process suspends the relay for 3 s; this worker sees it in
+	// the shared store.
+	other, err := throttle.New(throttle.Config{Pool: pool, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := throttle.Key{Route: tr.Route("")}
+	other.Observe(key, &smtp.Error{Reply: smtp.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 0},
+		Text: "too busy, try again in 3 seconds"}})
+	// Out of budget once resumed: 4/s with a burst of 1 and no waiting, so
+	// every transaction after the first in a second snoozes its batch.
+	runThrottledWorker(t, pool, tr, throttle.Config{
+		AlertReserve: -1,
+		Route:        throttle.Limits{Rate: 4, Burst: 1},
+		MaxWait:      throttle.Duration(time.Nanosecond),
+		NoRules:      true,
+	})
+	id := createCampaign(t, pool, "news", true)
+	start(t, pool, id)
+
+	// While suspended: every batch snoozed (attempt given back), nobody
+	// attempted or deferred. (A batch claims its recipients before it asks
+	// the throttle and puts them back to queued when told to wait.)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		var snoozed, touched int
+		if err := pool.QueryRow(ctx, `
+			SELECT (SELECT count(*) FROM river_job WHERE (metadata->>'snoozes')::int > 0 AND attempt = 0),
+			       (SELECT count(*) FROM deliveries WHERE campaign_id = $1 AND state NOT IN ('queued', 'sending'))`,
+			id).Scan(&snoozed, &touched); err != nil {
+			t.Fatal(err)
+		}
+		if touched > 0 {
+			t.Fatalf("%d recipients attempted while the relay is suspended", touched)
+		}
+		if snoozed == 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of 5 batches snoozed (attempt 0) while the relay is suspended", snoozed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	if st := waitDone(t, pool, id); st.Sent != 20 {
+		t.Fatalf("status %+v, want 20 sent", st)
+	}
+	var once, neverDeferred, maxSnoozes, maxAttempt int
+	if err := pool.QueryRow(ctx, `
+		SELECT count(*) FILTER (WHERE attempts = 1), count(*) FILTER (WHERE next_attempt_at IS NULL AND last_code = 250),
+		       (SELECT max((metadata->>'snoozes')::int) FROM river_job), (SELECT max(attempt) FROM river_job)
+		FROM deliveries WHERE campaign_id = $1`, id).Scan(&once, &neverDeferred, &maxSnoozes, &maxAttempt); err != nil {
+		t.Fatal(err)
+	}
+	if once != 20 || neverDeferred != 20 {
+		t.Errorf("%d of 20 recipients attempted once, %d sent without a deferral", once, neverDeferred)
+	}
+	if maxAttempt != 1 {
+		t.Errorf("a job ran %d attempts, want 1 (snoozes spend none)", maxAttempt)
+	}
+	if maxSnoozes < 2 {
+		t.Errorf("jobs snoozed at most %d times; out of budget after the suspension should snooze again", maxSnoozes)
+	}
+	got := srv.Received()
+	for _, e := range emails {
+		if got[e] != 1 {
+			t.Errorf("%s received %d times, want once", e, got[e])
+		}
+	}
+}
+
+// TestConnectionErrorsBackOff: a relay that refuses connections, and one
+// that accepts but never greets (a timeout), slow the relay's scope through
+// the worker, and the recipients are deferred, not bounced.
+func TestConnectionErrorsBackOff(t *testing.T) {
+	refusing := func(t *testing.T) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close() // nothing listens: connections are refused
+		return addr
+	}
+	silent := func(t *testing.T) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var conns []net.Conn
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				conns = append(conns, c) // held open, never greeted
+				mu.Unlock()
+			}
+		}()
+		t.Cleanup(func() {
+			ln.Close()
+			mu.Lock()
+			defer mu.Unlock()
+			for _, c := range conns {
+				c.Close()
+			}
+		})
+		return ln.Addr().String()
+	}
+	for _, c := range []struct {
+		name   string
+		server func(*testing.T) string
+		reason string
+	}{
+		{"refused", refusing, "refused"},
+		{"timeout", silent, "timeout"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			pool := dbtest.Pool(t)
+			seedList(t, pool, "news", 5) // one per domain
+			rc, err := transport.ParseRelayURL("smtp://" + c.server(t) + "?tls=none")
+			if err != nil {
+				t.Fatal(err)
+			}
+			tr, err := transport.NewRelay([]transport.RelayConfig{rc}, transport.RelayOptions{
+				LocalName: "worker.blaster.test", Timeouts: smtp.Timeouts{Greeting: 300 * time.Millisecond}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			runThrottledWorker(t, pool, tr, throttle.Config{})
+			id := createCampaign(t, pool, "news", false)
+			start(t, pool, id)
+			deadline := time.Now().Add(20 * time.Second)
+			for {
+				var deferred, bounced int
+				var rule, reason string
+				if err := pool.QueryRow(context.Background(), `
+					SELECT (SELECT count(*) FROM deliveries WHERE campaign_id = $1 AND state = 'deferred'),
+					       (SELECT count(*) FROM deliveries WHERE campaign_id = $1 AND state = 'bounced'),
+					       coalesce((SELECT rule || ' ' FROM throttle_scopes WHERE scope = $2), ''),
+					       coalesce((SELECT reason FROM throttle_scopes WHERE scope = $2), '')`,
+					id, "route:"+tr.Route("")).Scan(&deferred, &bounced, &rule, &reason); err != nil {
+					t.Fatal(err)
+				}
+				if bounced > 0 {
+					t.Fatalf("%d recipients bounced for a connection error", bounced)
+				}
+				if deferred == 5 && rule != "" {
+					if rule != "connection " || !strings.Contains(strings.ToLower(reason), c.reason) {
+						t.Fatalf("relay backed off by rule %q for %q, want the connection rule for a %s", rule, reason, c.reason)
+					}
+					var factor float64
+					if err := pool.QueryRow(context.Background(), `SELECT factor FROM throttle_scopes WHERE scope = $1`,
+						"route:"+tr.Route("")).Scan(&factor); err != nil || factor >= 1 {
+						t.Fatalf("relay factor %v (%v), want slowed below 1", factor, err)
+					}
+					return
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%d of 5 deferred, back-off rule %q", deferred, rule)
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		})
+	}
+}
