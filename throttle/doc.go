@@ -53,9 +53,15 @@
 //	l.Start(ctx); defer l.Stop()          // connection counts across processes
 //	worker.New(worker.Config{..., Throttle: l})
 //
-// After each transaction the send worker calls
+// A batch reserves its connection with AcquireConn before it opens a
+// session (max_connections and conn_rate, counted as sessions; a suspended
+// scope refuses here, before any connection is opened), and is snoozed when
+// none is free. After each transaction the send worker calls
 // Observe(key, ResultError(res, err)), so that rate limits answered to a
-// RCPT count too; it sizes transactions by Limits(key).MaxRcpts. The MX
-// transport can take per-destination caps from Limiter.Limits and reserve
-// connections with Limiter.AcquireConn.
+// RCPT count too; it sizes transactions by Limits(key).MaxRcpts, which is
+// kept within the burst.
+//
+// A suspension empties its scope's buckets as of its end, so the scope
+// resumes at RecoveryStart of its rate, not in a burst from every batch
+// that was snoozed until that moment.
 package throttle

@@ -376,6 +376,11 @@ type RelayOptions struct {
 	// RetryAfter is how long a relay that refused a connection or answered
 	// 421 is passed over before it is tried first again. Default 1 minute.
 	RetryAfter time.Duration
+	// MaxConns caps the connections to a relay whose URL gives no
+	// max_conns. Default DefaultRelayMaxConns; `blaster worker` passes its
+	// newsletter + alert batches, so an alert never waits for a connection
+	// that a newsletter batch holds.
+	MaxConns int
 	// IdleTimeout and CheckAfter are the pools' (see pool.Config); 0 means
 	// the pool's default.
 	IdleTimeout, CheckAfter time.Duration
@@ -447,7 +452,7 @@ func NewRelay(cfgs []RelayConfig, opts RelayOptions) (*Relay, error) {
 			Dial: func(ctx context.Context) (*smtp.Client, error) {
 				return smtp.Dial(ctx, addr, cc)
 			},
-			MaxConns:    cmp.Or(c.MaxConns, DefaultRelayMaxConns),
+			MaxConns:    cmp.Or(c.MaxConns, opts.MaxConns, DefaultRelayMaxConns),
 			MaxMessages: c.MaxMessages,
 			IdleTimeout: opts.IdleTimeout,
 			CheckAfter:  opts.CheckAfter,

@@ -164,7 +164,7 @@ func TestBackOffThroughWorker(t *testing.T) {
 func TestThrottledBatchSnoozes(t *testing.T) {
 	pool := dbtest.Pool(t)
 	ctx := context.Background()
-	emails := seedList(t, pool, "news", 20) // 5 domains x 4: 5 batches
+	emails := seedList(t, pool, "news", 10) // 5 domains x 2: 5 batches
 	srv := sink.New(sink.Config{Record: true})
 	if err := srv.Listen("127.0.0.1:0"); err != nil {
 		t.Fatal(err)
@@ -181,11 +181,11 @@ func TestThrottledBatchSnoozes(t *testing.T) {
 	key := throttle.Key{Route: tr.Route("")}
 	other.Observe(key, &smtp.Error{Reply: smtp.Reply{Code: 421, Enhanced: smtp.EnhancedCode{4, 7, 0},
 		Text: "too busy, try again in 3 seconds"}})
-	// Out of budget once resumed: 4/s with a burst of 1 and no waiting, so
-	// every transaction after the first in a second snoozes its batch.
+	// Out of budget once resumed: 10/s with a burst of 1 and no waiting,
+	// so a transaction less than 100ms after the last snoozes its batch.
 	runThrottledWorker(t, pool, tr, throttle.Config{
 		AlertReserve: -1,
-		Route:        throttle.Limits{Rate: 4, Burst: 1},
+		Route:        throttle.Limits{Rate: 10, Burst: 1},
 		MaxWait:      throttle.Duration(time.Nanosecond),
 		NoRules:      true,
 	})
@@ -216,8 +216,8 @@ func TestThrottledBatchSnoozes(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 
-	if st := waitDone(t, pool, id); st.Sent != 20 {
-		t.Fatalf("status %+v, want 20 sent", st)
+	if st := waitDone(t, pool, id); st.Sent != 10 {
+		t.Fatalf("status %+v, want 10 sent", st)
 	}
 	var once, neverDeferred, maxSnoozes, maxAttempt int
 	if err := pool.QueryRow(ctx, `
@@ -226,8 +226,8 @@ func TestThrottledBatchSnoozes(t *testing.T) {
 		FROM deliveries WHERE campaign_id = $1`, id).Scan(&once, &neverDeferred, &maxSnoozes, &maxAttempt); err != nil {
 		t.Fatal(err)
 	}
-	if once != 20 || neverDeferred != 20 {
-		t.Errorf("%d of 20 recipients attempted once, %d sent without a deferral", once, neverDeferred)
+	if once != 10 || neverDeferred != 10 {
+		t.Errorf("%d of 10 recipients attempted once, %d sent without a deferral", once, neverDeferred)
 	}
 	if maxAttempt != 1 {
 		t.Errorf("a job ran %d attempts, want 1 (snoozes spend none)", maxAttempt)
@@ -339,5 +339,97 @@ func TestConnectionErrorsBackOff(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		})
+	}
+}
+
+// holdServer accepts every message but holds each DATA until released,
+// and records the most sessions it saw in DATA at once.
+type holdServer struct {
+	release chan struct{}
+
+	mu         sync.Mutex
+	inData     int
+	maxInData  int
+	recipients int
+}
+
+func (h *holdServer) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
+	return &holdSession{h: h}, nil
+}
+
+type holdSession struct {
+	h     *holdServer
+	rcpts int
+}
+
+func (s *holdSession) Mail(string, *gosmtp.MailOptions) error { return nil }
+func (s *holdSession) Rcpt(string, *gosmtp.RcptOptions) error {
+	s.rcpts++
+	return nil
+}
+func (s *holdSession) Data(r io.Reader) error {
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	h := s.h
+	h.mu.Lock()
+	h.inData++
+	h.maxInData = max(h.maxInData, h.inData)
+	h.mu.Unlock()
+	<-h.release
+	h.mu.Lock()
+	h.inData--
+	h.recipients += s.rcpts
+	h.mu.Unlock()
+	return nil
+}
+func (s *holdSession) Reset()        { s.rcpts = 0 }
+func (s *holdSession) Logout() error { return nil }
+
+// TestMaxConnectionsAndStatus: a relay's max_connections holds across the
+// worker's batches (five batches, two connections), and `throttle status`
+// shows the connections in flight while they are.
+func TestMaxConnectionsAndStatus(t *testing.T) {
+	pool := dbtest.Pool(t)
+	seedList(t, pool, "news", 50) // 5 domains: 5 batches
+	h := &holdServer{release: make(chan struct{})}
+	tr := relayTransport(t, serve(t, h))
+	runThrottledWorker(t, pool, tr, throttle.Config{Route: throttle.Limits{MaxConns: 2},
+		SyncInterval: throttle.Duration(100 * time.Millisecond)})
+	id := createCampaign(t, pool, "news", false)
+	start(t, pool, id)
+
+	scope := "route:" + tr.Route("")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := throttle.Status(context.Background(), pool, nil, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var inFlight int
+		for _, s := range st {
+			if s.Scope == scope {
+				inFlight = s.InFlight
+			}
+		}
+		if inFlight == 2 {
+			break
+		}
+		if inFlight > 2 {
+			t.Fatalf("status shows %d connections in flight, max_connections is 2", inFlight)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status never showed 2 connections in flight for %s: %+v", scope, st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(h.release)
+	if st := waitDone(t, pool, id); st.Sent != 50 {
+		t.Fatalf("status %+v, want 50 sent", st)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.maxInData != 2 || h.recipients != 50 {
+		t.Fatalf("server saw %d transactions at once (want 2, the cap) and %d recipients (want 50)", h.maxInData, h.recipients)
 	}
 }

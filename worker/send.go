@@ -41,6 +41,11 @@ type Throttle interface {
 	// Decide maps a failed transaction's error to the action of the back-off
 	// rule it matches; a Bounce makes a transient reply final.
 	Decide(err error) throttle.Decision
+	// AcquireConn reserves a connection under key within every scope's
+	// max_connections (across processes) and conn_rate; release gives it
+	// back. A batch holds one for its session; when none is free it is
+	// snoozed like a batch out of budget.
+	AcquireConn(ctx context.Context, key throttle.Key) (release func(), retryAfter time.Duration, err error)
 }
 
 // sendWorker delivers one batch: claim its recipients, talk SMTP, record
@@ -260,6 +265,13 @@ func stringAttrs(m map[string]any) map[string]string {
 // to b.outcomes. A snooze > 0 means the throttle refused: the recipients not
 // yet attempted were put back to queued and the job should be snoozed.
 func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (snooze time.Duration, err error) {
+	if w.throttle != nil {
+		release, wait, err := w.throttle.AcquireConn(ctx, b.key)
+		if err != nil || wait > 0 {
+			return w.putBack(ctx, b, rcpts, wait, err)
+		}
+		defer release()
+	}
 	sess, err := w.transport.Session(ctx, b.domain)
 	if err != nil && ctx.Err() != nil {
 		// Stopping, not failing: nothing was attempted.

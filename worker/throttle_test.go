@@ -30,6 +30,12 @@ func runThrottledWorker(t *testing.T, pool *pgxpool.Pool, tr transport.Transport
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Publishes the connections in flight (throttle status, max_connections
+	// across processes); stopped after the worker, by cleanup order.
+	if err := lim.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lim.Stop)
 	w, err := worker.New(worker.Config{
 		Pool: pool, Transport: tr, Throttle: lim, FetchInterval: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

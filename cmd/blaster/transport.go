@@ -22,6 +22,9 @@ type transportFlags struct {
 	mxPort       int
 	localName    string
 	configFile   string
+	// relayConns caps the connections to a relay whose URL gives no
+	// max_conns (0: transport.DefaultRelayMaxConns).
+	relayConns int
 }
 
 // transportFile is the [transport] table of a worker config file (TOML):
@@ -128,7 +131,7 @@ func (tf *transportFlags) build(a *app) (transport.Transport, error) {
 		}
 		cfgs[i] = c
 	}
-	return transport.NewRelay(cfgs, transport.RelayOptions{LocalName: tf.localName})
+	return transport.NewRelay(cfgs, transport.RelayOptions{LocalName: tf.localName, MaxConns: tf.relayConns})
 }
 
 func (tf *transportFlags) describe() string {

@@ -60,6 +60,9 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 			if err := tf.loadFile(cmd.Flags()); err != nil {
 				return err
 			}
+			// One connection per batch this process runs at once: alert
+			// batches must not wait for connections newsletter batches hold.
+			tf.relayConns = cfg.NewsletterWorkers + cfg.AlertWorkers
 			tr, err := tf.build(a)
 			if err != nil {
 				return err
