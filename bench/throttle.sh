@@ -165,13 +165,14 @@ alert)
 		--file "$work/alert.txt" | grep -o 'campaign [0-9]\+' | grep -o '[0-9]\+')
 	t1=$(now)
 	wait_done "$aid"
+	first=$(sql "SELECT extract(epoch FROM min(sent_at)) FROM deliveries WHERE campaign_id = $aid")
 	last=$(sql "SELECT extract(epoch FROM max(sent_at)) FROM deliveries WHERE campaign_id = $aid")
 	after=$(sql "SELECT count(*) FROM deliveries WHERE campaign_id = $id AND state = 'sent'")
 	stop_all
 	echo "newsletter: $NEWSLETTER recipients (same for all) through a relay limited to $ALERT_RATE/s; $before sent when the alert started"
 	sql "SELECT 'alert ledger: ' || state || ' ' || count(*) FROM deliveries WHERE campaign_id = $aid GROUP BY state"
-	awk -v a="$t0" -v b="$t1" -v l="$last" -v n="$ALERT" -v d="$((after - before))" 'BEGIN {
-		printf "blaster send returned after %.2f s\n", b - a
+	awk -v a="$t0" -v b="$t1" -v f="$first" -v l="$last" -v n="$ALERT" -v d="$((after - before))" 'BEGIN {
+		printf "blaster send returned after %.2f s; first alert recipient recorded sent after %.2f s\n", b - a, f - a
 		printf "alert of %d: blaster send to last recipient sent: %.2f s (newsletter sent %d meanwhile)\n", n, l - a, d
 		printf "verdict: %s\n", (l - a < 2) ? "PASS (under 2 s)" : "FAIL (goal: under 2 s)"
 	}'
