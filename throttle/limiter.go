@@ -242,6 +242,15 @@ func (l *Limiter) Observe(key Key, err error) {
 		l.mu.Unlock()
 	}
 	log := l.cfg.Logger.With("scope", ref.name, "rule", d.Rule, "action", string(d.Action), "for", d.For, "reason", d.Reason)
+	if l.pg != nil {
+		// Write the scope's buckets, so that status knows its configured
+		// rate even when nothing was sent under it yet (a relay refusing
+		// every connection).
+		if err := l.pg.ensure(ctx, l.rateBuckets([]scopeRef{ref}, false), now); err != nil {
+			log.Error("throttle: recording back-off", "err", err)
+			return
+		}
+	}
 	if err := l.st.adapt(ctx, ref.name, a, now); err != nil {
 		log.Error("throttle: recording back-off", "err", err)
 		return

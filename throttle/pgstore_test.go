@@ -2,7 +2,9 @@ package throttle
 
 import (
 	"context"
+	"errors"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -438,5 +440,23 @@ func TestResumeWithoutBurst(t *testing.T) {
 		if w < 350*time.Millisecond || w > 400*time.Millisecond {
 			t.Errorf("shared %v: first acquire after the suspension waits %v, want ~400ms (no burst)", shared, w)
 		}
+	}
+}
+
+// TestStatusOfScopeNeverUsed: a relay that refuses every connection is
+// slowed before anything was sent through it; status still shows its
+// configured rate, the slowed rate and the error that caused it.
+func TestStatusOfScopeNeverUsed(t *testing.T) {
+	clk := newDBFakeClock()
+	pool := processes(t, 1)[0]
+	l := newTestLimiter(t, sharedConfig(pool, clk))
+	l.Observe(Key{Route: relay, Domain: "example.test"}, errors.New("dial tcp 192.0.2.1:587: connect: connection refused"))
+	st, err := Status(context.Background(), pool, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st) != 1 || st[0].Scope != "route:"+relay || st[0].ConfiguredRate != 200 || st[0].CurrentRate != 100 ||
+		st[0].Rule != "connection" || !strings.Contains(st[0].Reason, "connection refused") {
+		t.Fatalf("status %+v, want the relay at 200/s slowed to 100/s by the connection rule", st)
 	}
 }
