@@ -88,9 +88,16 @@ stop_all() {
 wait_done() { # $1 campaign id
 	until [ "$(sql "SELECT state FROM campaigns WHERE id = $1")" = done ]; do sleep 0.2; done
 }
-create() { # $1 name, $2 list, $3 body file: prints the campaign id
-	blaster campaign create --name "$1" --list "$2" --from "Bench <bench@example.test>" \
-		--subject "bench" --text "$3" | grep -o '[0-9]\+' | head -1
+# prepare RATE SETTINGS N BODY: a throttle config limiting the relay to RATE/s
+# (burst RATE/10) with SETTINGS at the top, a list "bench" of N contacts
+# over 50 domains, and a draft campaign of BODY to it, whose id goes to $id.
+prepare() {
+	printf '%s\n[route]\nrate = %d\nburst = %d\n' "$2" "$1" $(($1 / 10)) >"$work/throttle.toml"
+	contacts "$3" 1 50 >"$work/list.csv"
+	blaster import --list bench "$work/list.csv" >/dev/null
+	echo "$4" >"$work/body.txt"
+	id=$(blaster campaign create --name bench --list bench --from "Bench <bench@example.test>" \
+		--subject "bench" --text "$work/body.txt" | grep -o '[0-9]\+' | head -1)
 }
 
 echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $WORKERS workers x $NEWSLETTER_WORKERS newsletter batches"
@@ -98,17 +105,8 @@ echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $WORKERS w
 case "$MODE" in
 rate)
 	n=$((RATE * DURATION))
-	cat >"$work/throttle.toml" <<-EOF
-		# The relay's limit; no share kept for alerts, so the newsletter may use all of it.
-		alert_reserve = -1
-		[route]
-		rate = $RATE
-		burst = $((RATE / 10))
-	EOF
-	contacts "$n" 1 50 >"$work/list.csv"
-	blaster import --list bench "$work/list.csv" >/dev/null
-	echo 'Hello {{.Name}}, this is the throttle benchmark.' >"$work/body.txt"
-	id=$(create rate bench "$work/body.txt")
+	# No share kept for alerts: the newsletter may use all of the limit.
+	prepare "$RATE" 'alert_reserve = -1' "$n" 'Hello {{.Name}}, this is the throttle benchmark.'
 	start_sink
 	start_workers "$work/throttle.toml"
 	sleep 1
@@ -143,17 +141,9 @@ rate)
 	}' "$work/timeline.csv"
 	;;
 alert)
-	cat >"$work/throttle.toml" <<-EOF
-		# The relay's limit; the default alert_reserve (0.2) keeps 20% for alerts.
-		[route]
-		rate = $ALERT_RATE
-		burst = $((ALERT_RATE / 10))
-	EOF
-	contacts "$NEWSLETTER" 1 50 >"$work/list.csv"
-	blaster import --list news "$work/list.csv" >/dev/null
+	# The default alert_reserve (0.2) keeps 20% of the limit for alerts.
+	prepare "$ALERT_RATE" '' "$NEWSLETTER" 'Hello all, this is the newsletter.'
 	contacts "$ALERT" $((NEWSLETTER + 1)) 10 | tail -n +2 | cut -d, -f1 >"$work/alert.txt"
-	echo 'Hello all, this is the newsletter.' >"$work/body.txt"
-	id=$(create news news "$work/body.txt")
 	start_sink
 	start_workers "$work/throttle.toml"
 	sleep 1

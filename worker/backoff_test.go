@@ -21,16 +21,36 @@ import (
 	"github.com/blaster-mail/blaster/transport"
 )
 
+// acceptLog counts what a test server accepted, per recipient.
+type acceptLog struct {
+	mu       sync.Mutex
+	accepted map[string]int
+}
+
+// data reads a message and counts it for each of rcpts.
+func (a *acceptLog) data(r io.Reader, rcpts []string) error {
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.accepted == nil {
+		a.accepted = map[string]int{}
+	}
+	for _, to := range rcpts {
+		a.accepted[to]++
+	}
+	return nil
+}
+
 // rateServer is a go-smtp backend that takes at most a rate of messages a
 // second (wall clock) and answers MAIL past it with 451 4.7.1, as Postfix's
 // anvil limits or a large provider would. It counts what it accepted per
 // recipient and what it refused.
 type rateServer struct {
-	lim *rate.Limiter
-
-	mu       sync.Mutex
-	accepted map[string]int
-	refused  int
+	acceptLog
+	lim     *rate.Limiter
+	refused int // under acceptLog.mu
 }
 
 func (b *rateServer) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
@@ -58,17 +78,7 @@ func (s *rateSession) Rcpt(to string, _ *gosmtp.RcptOptions) error {
 	return nil
 }
 
-func (s *rateSession) Data(r io.Reader) error {
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return err
-	}
-	s.b.mu.Lock()
-	defer s.b.mu.Unlock()
-	for _, to := range s.rcpts {
-		s.b.accepted[to]++
-	}
-	return nil
-}
+func (s *rateSession) Data(r io.Reader) error { return s.b.data(r, s.rcpts) }
 
 func (s *rateSession) Reset()        { s.rcpts = nil }
 func (s *rateSession) Logout() error { return nil }
@@ -107,7 +117,7 @@ func setRetry(t *testing.T, pool *pgxpool.Pool, id int64, d time.Duration) {
 func TestBackOffThroughWorker(t *testing.T) {
 	pool := dbtest.Pool(t)
 	emails := seedList(t, pool, "news", 200)
-	srvb := &rateServer{lim: rate.NewLimiter(40, 5), accepted: map[string]int{}}
+	srvb := &rateServer{lim: rate.NewLimiter(40, 5)}
 	addr := serve(t, srvb)
 	runThrottledWorker(t, pool, relayTransport(t, addr), throttle.Config{
 		AlertReserve:     -1,

@@ -4,9 +4,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -84,10 +82,7 @@ func TestThrottleMaxRecipients(t *testing.T) {
 
 // goneServer answers 450 "mailbox is disabled" to RCPTs of addresses
 // starting with "gone", and accepts the rest.
-type goneServer struct {
-	mu       sync.Mutex
-	accepted map[string]int
-}
+type goneServer struct{ acceptLog }
 
 func (g *goneServer) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
 	return &goneSession{srv: g}, nil
@@ -106,17 +101,7 @@ func (s *goneSession) Rcpt(to string, _ *gosmtp.RcptOptions) error {
 	s.rcpts = append(s.rcpts, to)
 	return nil
 }
-func (s *goneSession) Data(r io.Reader) error {
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return err
-	}
-	s.srv.mu.Lock()
-	defer s.srv.mu.Unlock()
-	for _, to := range s.rcpts {
-		s.srv.accepted[to]++
-	}
-	return nil
-}
+func (s *goneSession) Data(r io.Reader) error { return s.srv.data(r, s.rcpts) }
 func (s *goneSession) Reset()        { s.rcpts = nil }
 func (s *goneSession) Logout() error { return nil }
 
@@ -131,22 +116,15 @@ func TestThrottleBounceRule(t *testing.T) {
 			`UPDATE contacts SET email = 'gone' || email WHERE id IN (SELECT id FROM contacts ORDER BY id LIMIT 10)`); err != nil {
 			t.Fatal(err)
 		}
-		gone := &goneServer{accepted: map[string]int{}}
-		s := gosmtp.NewServer(gone)
-		s.Domain = "gone.example.test"
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go s.Serve(ln)
-		t.Cleanup(func() { s.Close() })
+		gone := &goneServer{}
+		addr := serve(t, gone)
 
 		cfg, err := throttle.LoadConfig("")
 		if err != nil {
 			t.Fatal(err)
 		}
 		cfg.NoRules = !rules
-		runThrottledWorker(t, pool, relayTransport(t, ln.Addr().String()), cfg)
+		runThrottledWorker(t, pool, relayTransport(t, addr), cfg)
 		id := createCampaign(t, pool, "news", false)
 		start(t, pool, id)
 
