@@ -78,6 +78,9 @@ type fakeThrottle struct{ observed int }
 func (f *fakeThrottle) Acquire(context.Context, throttle.Key, int) (time.Duration, error) {
 	return time.Second, nil
 }
+func (f *fakeThrottle) AcquireConn(context.Context, throttle.Key) (func(), time.Duration, error) {
+	return nil, time.Second, nil
+}
 func (f *fakeThrottle) Observe(throttle.Key, error)         { f.observed++ }
 func (f *fakeThrottle) Limits(throttle.Key) throttle.Limits { return throttle.Limits{} }
 func (f *fakeThrottle) Decide(err error) throttle.Decision {
@@ -95,13 +98,16 @@ func TestThrottleCounts(t *testing.T) {
 	if wait, err := th.Acquire(context.Background(), key, 10); wait != time.Second || err != nil {
 		t.Fatalf("Acquire = %v, %v", wait, err)
 	}
+	if _, wait, err := th.AcquireConn(context.Background(), key); wait != time.Second || err != nil {
+		t.Fatalf("AcquireConn = %v, %v", wait, err)
+	}
 	th.Observe(key, nil)
 	th.Observe(key, &smtp.Error{Reply: smtp.Reply{Code: 421}})
 	if f.observed != 2 {
 		t.Errorf("inner Observe called %d times, want 2", f.observed)
 	}
-	if got := value(t, m.snoozes.WithLabelValues(key.Route, key.Domain)); got != 1 {
-		t.Errorf("snoozes = %v, want 1", got)
+	if got := value(t, m.snoozes.WithLabelValues(key.Route, key.Domain)); got != 2 {
+		t.Errorf("snoozes = %v, want 2 (a refused Acquire and a refused AcquireConn)", got)
 	}
 	if got := value(t, m.backoffs.WithLabelValues("suspend", "busy")); got != 1 {
 		t.Errorf("backoffs{suspend,busy} = %v, want 1 (a success decides nothing)", got)

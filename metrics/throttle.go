@@ -27,6 +27,16 @@ func (t *meteredThrottle) Acquire(ctx context.Context, key throttle.Key, n int) 
 	return wait, err
 }
 
+// AcquireConn counts a refusal (no connection free, or the scope
+// suspended) as a snooze too: the batch is snoozed for it.
+func (t *meteredThrottle) AcquireConn(ctx context.Context, key throttle.Key) (func(), time.Duration, error) {
+	release, wait, err := t.Throttle.AcquireConn(ctx, key)
+	if err == nil && wait > 0 {
+		t.m.snoozes.WithLabelValues(t.m.routes.label(key.Route), t.m.domains.label(key.Domain)).Inc()
+	}
+	return release, wait, err
+}
+
 func (t *meteredThrottle) Observe(key throttle.Key, err error) {
 	if err != nil {
 		if d := t.Throttle.Decide(err); d.Action == throttle.Suspend || d.Action == throttle.Slow {

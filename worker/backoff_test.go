@@ -2,11 +2,11 @@ package worker_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,86 +15,22 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/sink"
 	"github.com/blaster-mail/blaster/smtp"
 	"github.com/blaster-mail/blaster/throttle"
 	"github.com/blaster-mail/blaster/transport"
 )
 
-// acceptLog counts what a test server accepted, per recipient.
-type acceptLog struct {
-	mu       sync.Mutex
-	accepted map[string]int
-}
-
-// data reads a message and counts it for each of rcpts.
-func (a *acceptLog) data(r io.Reader, rcpts []string) error {
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return err
+// received counts the messages srv accepted per recipient.
+func received(srv *smtptest.Server) map[string]int {
+	got := map[string]int{}
+	for _, m := range srv.Messages() {
+		for _, to := range m.Rcpts {
+			got[to]++
+		}
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.accepted == nil {
-		a.accepted = map[string]int{}
-	}
-	for _, to := range rcpts {
-		a.accepted[to]++
-	}
-	return nil
-}
-
-// rateServer is a go-smtp backend that takes at most a rate of messages a
-// second (wall clock) and answers MAIL past it with 451 4.7.1, as Postfix's
-// anvil limits or a large provider would. It counts what it accepted per
-// recipient and what it refused.
-type rateServer struct {
-	acceptLog
-	lim     *rate.Limiter
-	refused int // under acceptLog.mu
-}
-
-func (b *rateServer) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
-	return &rateSession{b: b}, nil
-}
-
-type rateSession struct {
-	b     *rateServer
-	rcpts []string
-}
-
-func (s *rateSession) Mail(string, *gosmtp.MailOptions) error {
-	if !s.b.lim.Allow() {
-		s.b.mu.Lock()
-		s.b.refused++
-		s.b.mu.Unlock()
-		return &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 7, 1},
-			Message: "Rate limit exceeded, try again in 1 second"}
-	}
-	return nil
-}
-
-func (s *rateSession) Rcpt(to string, _ *gosmtp.RcptOptions) error {
-	s.rcpts = append(s.rcpts, to)
-	return nil
-}
-
-func (s *rateSession) Data(r io.Reader) error { return s.b.data(r, s.rcpts) }
-
-func (s *rateSession) Reset()        { s.rcpts = nil }
-func (s *rateSession) Logout() error { return nil }
-
-// serve runs a go-smtp server for b on 127.0.0.1:0 until the test ends.
-func serve(t *testing.T, b gosmtp.Backend) string {
-	t.Helper()
-	s := gosmtp.NewServer(b)
-	s.Domain = "mx.example.test"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(ln)
-	t.Cleanup(func() { s.Close() })
-	return ln.Addr().String()
+	return got
 }
 
 // setRetry gives the campaign a short retry schedule, so deferred
@@ -110,15 +46,26 @@ func setRetry(t *testing.T, pool *pgxpool.Pool, id int64, d time.Duration) {
 
 // TestBackOffThroughWorker: a personalized campaign of 200 recipients goes
 // through the send worker and the ledger to a go-smtp server that takes
-// 40 messages a second and answers 451 4.7.1 "try again in 1 second" past
-// that, while the relay's configured rate is twice that. The worker must
+// 40 messages a second and answers RCPT with 451 4.7.1 "try again in 1
+// second" past that, while the relay's configured rate is twice that. The worker must
 // back off (the relay scope is suspended, then recovers) and lose nothing:
 // every recipient sent once, recorded sent, and few attempts refused.
 func TestBackOffThroughWorker(t *testing.T) {
 	pool := dbtest.Pool(t)
 	emails := seedList(t, pool, "news", 200)
-	srvb := &rateServer{lim: rate.NewLimiter(40, 5)}
-	addr := serve(t, srvb)
+	// The server's rate limit answers RCPT, as Gmail's 4.7.28 does: one
+	// recipient per transaction, so a refused RCPT is a refused message.
+	lim := rate.NewLimiter(40, 5)
+	var refusedN atomic.Int64
+	srv := smtptest.StartServer(t, smtptest.Options{RcptErr: func(string) error {
+		if lim.Allow() {
+			return nil
+		}
+		refusedN.Add(1)
+		return &gosmtp.SMTPError{Code: 451, EnhancedCode: gosmtp.EnhancedCode{4, 7, 1},
+			Message: "Rate limit exceeded, try again in 1 second"}
+	}})
+	addr := srv.Addr
 	runThrottledWorker(t, pool, relayTransport(t, addr), throttle.Config{
 		AlertReserve:     -1,
 		Route:            throttle.Limits{Rate: 80, Burst: 8},
@@ -133,14 +80,13 @@ func TestBackOffThroughWorker(t *testing.T) {
 		t.Fatalf("status %+v, want 200 sent", st)
 	}
 
-	srvb.mu.Lock()
-	refused := srvb.refused
+	refused := int(refusedN.Load())
+	got := received(srv)
 	for _, e := range emails {
-		if srvb.accepted[e] != 1 {
-			t.Errorf("%s accepted %d times, want once", e, srvb.accepted[e])
+		if got[e] != 1 {
+			t.Errorf("%s accepted %d times, want once", e, got[e])
 		}
 	}
-	srvb.mu.Unlock()
 	var attempts, deferredOnce int
 	if err := pool.QueryRow(context.Background(), `
 		SELECT sum(attempts), count(*) FILTER (WHERE attempts > 1) FROM deliveries WHERE campaign_id = $1`, id).
@@ -352,58 +298,27 @@ func TestConnectionErrorsBackOff(t *testing.T) {
 	}
 }
 
-// holdServer accepts every message but holds each DATA until released,
-// and records the most sessions it saw in DATA at once.
-type holdServer struct {
-	release chan struct{}
-
-	mu         sync.Mutex
-	inData     int
-	maxInData  int
-	recipients int
-}
-
-func (h *holdServer) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
-	return &holdSession{h: h}, nil
-}
-
-type holdSession struct {
-	h     *holdServer
-	rcpts int
-}
-
-func (s *holdSession) Mail(string, *gosmtp.MailOptions) error { return nil }
-func (s *holdSession) Rcpt(string, *gosmtp.RcptOptions) error {
-	s.rcpts++
-	return nil
-}
-func (s *holdSession) Data(r io.Reader) error {
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return err
-	}
-	h := s.h
-	h.mu.Lock()
-	h.inData++
-	h.maxInData = max(h.maxInData, h.inData)
-	h.mu.Unlock()
-	<-h.release
-	h.mu.Lock()
-	h.inData--
-	h.recipients += s.rcpts
-	h.mu.Unlock()
-	return nil
-}
-func (s *holdSession) Reset()        { s.rcpts = 0 }
-func (s *holdSession) Logout() error { return nil }
-
 // TestMaxConnectionsAndStatus: a relay's max_connections holds across the
 // worker's batches (five batches, two connections), and `throttle status`
 // shows the connections in flight while they are.
 func TestMaxConnectionsAndStatus(t *testing.T) {
 	pool := dbtest.Pool(t)
 	seedList(t, pool, "news", 50) // 5 domains: 5 batches
-	h := &holdServer{release: make(chan struct{})}
-	tr := relayTransport(t, serve(t, h))
+	// The server holds each accepted message's reply until release.
+	release := make(chan struct{})
+	var mu sync.Mutex
+	inData, maxInData := 0, 0
+	srv := smtptest.StartServer(t, smtptest.Options{OnMessage: func(smtptest.Message) {
+		mu.Lock()
+		inData++
+		maxInData = max(maxInData, inData)
+		mu.Unlock()
+		<-release
+		mu.Lock()
+		inData--
+		mu.Unlock()
+	}})
+	tr := relayTransport(t, srv.Addr)
 	runThrottledWorker(t, pool, tr, throttle.Config{Route: throttle.Limits{MaxConns: 2},
 		SyncInterval: throttle.Duration(100 * time.Millisecond)})
 	id := createCampaign(t, pool, "news", false)
@@ -433,13 +348,13 @@ func TestMaxConnectionsAndStatus(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	close(h.release)
+	close(release)
 	if st := waitDone(t, pool, id); st.Sent != 50 {
 		t.Fatalf("status %+v, want 50 sent", st)
 	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.maxInData != 2 || h.recipients != 50 {
-		t.Fatalf("server saw %d transactions at once (want 2, the cap) and %d recipients (want 50)", h.maxInData, h.recipients)
+	mu.Lock()
+	defer mu.Unlock()
+	if n := len(received(srv)); maxInData != 2 || n != 50 {
+		t.Fatalf("server saw %d transactions at once (want 2, the cap) and %d recipients (want 50)", maxInData, n)
 	}
 }

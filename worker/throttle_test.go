@@ -13,6 +13,7 @@ import (
 
 	"github.com/blaster-mail/blaster/campaign"
 	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/sink"
 	"github.com/blaster-mail/blaster/throttle"
 	"github.com/blaster-mail/blaster/transport"
@@ -80,31 +81,6 @@ func TestThrottleMaxRecipients(t *testing.T) {
 	}
 }
 
-// goneServer answers 450 "mailbox is disabled" to RCPTs of addresses
-// starting with "gone", and accepts the rest.
-type goneServer struct{ acceptLog }
-
-func (g *goneServer) NewSession(*gosmtp.Conn) (gosmtp.Session, error) {
-	return &goneSession{srv: g}, nil
-}
-
-type goneSession struct {
-	srv   *goneServer
-	rcpts []string
-}
-
-func (s *goneSession) Mail(string, *gosmtp.MailOptions) error { return nil }
-func (s *goneSession) Rcpt(to string, _ *gosmtp.RcptOptions) error {
-	if strings.HasPrefix(to, "gone") {
-		return &gosmtp.SMTPError{Code: 450, EnhancedCode: gosmtp.EnhancedCode{4, 2, 1}, Message: "Mailbox is disabled"}
-	}
-	s.rcpts = append(s.rcpts, to)
-	return nil
-}
-func (s *goneSession) Data(r io.Reader) error { return s.srv.data(r, s.rcpts) }
-func (s *goneSession) Reset()        { s.rcpts = nil }
-func (s *goneSession) Logout() error { return nil }
-
 // TestThrottleBounceRule: a transient reply that a back-off rule with
 // action "bounce" matches (the shipped mailbox-gone) is recorded bounced,
 // not deferred for days; without rules it is deferred.
@@ -116,8 +92,15 @@ func TestThrottleBounceRule(t *testing.T) {
 			`UPDATE contacts SET email = 'gone' || email WHERE id IN (SELECT id FROM contacts ORDER BY id LIMIT 10)`); err != nil {
 			t.Fatal(err)
 		}
-		gone := &goneServer{}
-		addr := serve(t, gone)
+		// The server answers 450 "mailbox is disabled" to RCPTs of
+		// addresses starting with "gone", and accepts the rest.
+		srv := smtptest.StartServer(t, smtptest.Options{RcptErr: func(to string) error {
+			if strings.HasPrefix(to, "gone") {
+				return &gosmtp.SMTPError{Code: 450, EnhancedCode: gosmtp.EnhancedCode{4, 2, 1}, Message: "Mailbox is disabled"}
+			}
+			return nil
+		}})
+		addr := srv.Addr
 
 		cfg, err := throttle.LoadConfig("")
 		if err != nil {
@@ -150,10 +133,8 @@ func TestThrottleBounceRule(t *testing.T) {
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		gone.mu.Lock()
-		if len(gone.accepted) != 40 {
-			t.Errorf("rules %v: server accepted %d recipients, want 40", rules, len(gone.accepted))
+		if n := len(received(srv)); n != 40 {
+			t.Errorf("rules %v: server accepted %d recipients, want 40", rules, n)
 		}
-		gone.mu.Unlock()
 	}
 }
