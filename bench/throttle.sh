@@ -17,6 +17,7 @@
 #   DURATION=20 bench/throttle.sh rate    # a short run
 #
 # Settings (environment): WORKERS (3), NEWSLETTER_WORKERS per worker (16),
+# POLL (the workers' --poll-interval; default theirs, 1s besides LISTEN/NOTIFY),
 # RATE, DURATION; for alert: ALERT_RATE (the relay's limit, 2000/s),
 # NEWSLETTER, ALERT, ALERT_AFTER (seconds of newsletter before the alert,
 # 10). BENCH_ADMIN_URL is the server's maintenance database (default
@@ -76,7 +77,7 @@ start_sink() {
 start_workers() { # $1 throttle config
 	for i in $(seq "$WORKERS"); do
 		"$work/blaster" --database-url "$URL" --log-level warn worker --relay "smtp://127.0.0.1:$PORT?tls=none" --throttle-config "$1" \
-			--newsletter-workers "$NEWSLETTER_WORKERS" --poll-interval 100ms >"$work/worker$i.log" 2>&1 &
+			--newsletter-workers "$NEWSLETTER_WORKERS" ${POLL:+--poll-interval "$POLL"} >"$work/worker$i.log" 2>&1 &
 		pids+=($!)
 	done
 }
