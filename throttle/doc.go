@@ -53,10 +53,10 @@
 //	l.Start(ctx); defer l.Stop()          // connection counts across processes
 //	worker.New(worker.Config{..., Throttle: l})
 //
-// A batch reserves its connection with AcquireConn before it opens a
-// session (max_connections and conn_rate, counted as sessions; a suspended
-// scope refuses here, before any connection is opened), and is snoozed when
-// none is free. After each transaction the send worker calls
+// A batch reserves its connection with AcquireConn before it claims its
+// recipients (max_connections and conn_rate, counted as sessions; a
+// suspended scope refuses here, before anyone is claimed or any connection
+// opened), and is snoozed when none is free. After each transaction the send worker calls
 // Observe(key, ResultError(res, err)), so that rate limits answered to a
 // RCPT count too; it sizes transactions by Limits(key).MaxRcpts, which is
 // kept within the burst.

@@ -127,6 +127,19 @@ func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatch
 	b := &batch{job: job, cc: cc, domain: domain, log: log,
 		key: throttle.Key{Route: w.transport.Route(domain), Domain: domain, Campaign: cc.c.ID, Alert: cc.c.Kind == campaign.Alert}}
 
+	// The batch's connection slot comes first: a batch of a suspended scope,
+	// or one whose connections are all taken, is snoozed before it claims
+	// anyone (no attempt counted, nothing for a crash to leave "sending").
+	if w.throttle != nil {
+		release, wait, err := w.throttle.AcquireConn(ctx, b.key)
+		if err != nil {
+			return fmt.Errorf("reserving a connection for campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+		}
+		if wait > 0 {
+			return river.JobSnooze(wait)
+		}
+		defer release()
+	}
 	rcpts, err := w.claim(ctx, b)
 	if err != nil {
 		return err
@@ -265,13 +278,6 @@ func stringAttrs(m map[string]any) map[string]string {
 // to b.outcomes. A snooze > 0 means the throttle refused: the recipients not
 // yet attempted were put back to queued and the job should be snoozed.
 func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (snooze time.Duration, err error) {
-	if w.throttle != nil {
-		release, wait, err := w.throttle.AcquireConn(ctx, b.key)
-		if err != nil || wait > 0 {
-			return w.putBack(ctx, b, rcpts, wait, err)
-		}
-		defer release()
-	}
 	sess, err := w.transport.Session(ctx, b.domain)
 	if err != nil && ctx.Err() != nil {
 		// Stopping, not failing: nothing was attempted.
