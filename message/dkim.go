@@ -1,8 +1,6 @@
 package message
 
 import (
-	"bufio"
-	"bytes"
 	"crypto"
 	"crypto/ed25519"
 	"crypto/rsa"
@@ -13,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"sync"
 
 	"github.com/emersion/go-message/mail"
 	"github.com/emersion/go-msgauth/dkim"
@@ -125,108 +122,41 @@ func DKIMRecord(pub crypto.PublicKey) (string, error) {
 	return "", fmt.Errorf("unsupported public key type %T", pub)
 }
 
-// writeSigned builds the message into a spool, feeds it to the DKIM signer
-// and writes the DKIM-Signature field, then the message, to w.
+// writeSigned builds the signed message (sign) and writes it to w.
 func (t *Template) writeSigned(w io.Writer, h mail.Header, v *view) error {
-	sp := newSpool(t.opts.spoolDir, t.opts.spoolOver)
-	defer sp.close()
-	if err := t.writeEntity(sp, h, v); err != nil {
+	body, err := t.sign(h, v)
+	if err != nil {
 		return err
+	}
+	defer body.Release()
+	if _, err := body.WriteTo(w); err != nil {
+		return fmt.Errorf("writing message for %s: %w", v.Email, err)
+	}
+	return nil
+}
+
+// sign builds the message into a spool, feeds it to the DKIM signer and
+// returns it as a Body led by its DKIM-Signature field: the message is
+// written once, never copied behind the signature.
+func (t *Template) sign(h mail.Header, v *view) (*Body, error) {
+	sp := newSpool(t.opts.spoolDir, t.opts.spoolOver)
+	if err := t.writeEntity(sp, h, v); err != nil {
+		sp.close()
+		return nil, err
 	}
 	s, err := dkim.NewSigner(t.dkim.options())
 	if err != nil {
-		return fmt.Errorf("DKIM signing: %w", err)
+		sp.close()
+		return nil, fmt.Errorf("DKIM signing: %w", err)
 	}
 	if err := sp.writeTo(s); err != nil {
 		s.Close()
-		return fmt.Errorf("DKIM signing message for %s: %w", v.Email, err)
+		sp.close()
+		return nil, fmt.Errorf("DKIM signing message for %s: %w", v.Email, err)
 	}
 	if err := s.Close(); err != nil {
-		return fmt.Errorf("DKIM signing message for %s: %w", v.Email, err)
+		sp.close()
+		return nil, fmt.Errorf("DKIM signing message for %s: %w", v.Email, err)
 	}
-	if _, err := io.WriteString(w, s.Signature()); err != nil {
-		return fmt.Errorf("writing message for %s: %w", v.Email, err)
-	}
-	if err := sp.writeTo(w); err != nil {
-		return fmt.Errorf("writing message for %s: %w", v.Email, err)
-	}
-	return nil
-}
-
-// spool holds a message being signed: in a pooled buffer up to over bytes,
-// then in a temporary file, so memory stays bounded whatever the size.
-type spool struct {
-	dir  string
-	over int
-	buf  *bytes.Buffer
-	f    *os.File
-	fw   *bufio.Writer
-	err  error
-}
-
-var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
-
-func newSpool(dir string, over int) *spool {
-	return &spool{dir: dir, over: over, buf: bufPool.Get().(*bytes.Buffer)}
-}
-
-func (s *spool) Write(p []byte) (int, error) {
-	if s.err != nil {
-		return 0, s.err
-	}
-	if s.f == nil && s.buf.Len()+len(p) > s.over {
-		s.f, s.err = os.CreateTemp(s.dir, "blaster-msg-*.eml")
-		if s.err != nil {
-			return 0, fmt.Errorf("spooling message: %w", s.err)
-		}
-		s.fw = bufio.NewWriterSize(s.f, 64<<10)
-		if _, s.err = s.fw.Write(s.buf.Bytes()); s.err != nil {
-			return 0, fmt.Errorf("spooling message: %w", s.err)
-		}
-		s.buf.Reset()
-	}
-	if s.f != nil {
-		n, err := s.fw.Write(p)
-		if err != nil {
-			s.err = fmt.Errorf("spooling message: %w", err)
-		}
-		return n, s.err
-	}
-	return s.buf.Write(p)
-}
-
-// writeTo copies the whole spooled message to w; it may be called again.
-func (s *spool) writeTo(w io.Writer) error {
-	if s.err != nil {
-		return s.err
-	}
-	if s.f == nil {
-		_, err := w.Write(s.buf.Bytes())
-		return err
-	}
-	if err := s.fw.Flush(); err != nil {
-		return fmt.Errorf("spooling message: %w", err)
-	}
-	if _, err := s.f.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("reading spooled message: %w", err)
-	}
-	if _, err := io.Copy(w, s.f); err != nil {
-		return fmt.Errorf("reading spooled message: %w", err)
-	}
-	return nil
-}
-
-// spooled reports whether the message went to a file (for tests).
-func (s *spool) spooled() bool { return s.f != nil }
-
-func (s *spool) close() {
-	if s.f != nil {
-		name := s.f.Name()
-		s.f.Close()
-		os.Remove(name)
-	}
-	if s.buf.Cap() <= 1<<20 { // don't keep rare huge buffers alive
-		s.buf.Reset()
-		bufPool.Put(s.buf)
-	}
+	return sp.body([]byte(s.Signature()))
 }

@@ -341,32 +341,91 @@ func (t *Template) execBody(w io.Writer, v *view, html bool) error {
 	return nil
 }
 
-// attachment is a file attached to every message.
+// Attachment is a file attached to every message under a name and media
+// type of its own.
+type Attachment struct {
+	// Path is the file, opened and streamed at each build. Required; it must
+	// be a regular file when Parse runs.
+	Path string
+	// Name is the filename in Content-Disposition (RFC 2183), RFC 2231
+	// encoded when it is not plain ASCII; it must pass CheckFilename.
+	// Default: the base name of Path.
+	Name string
+	// MediaType is the part's Content-Type, e.g. "application/pdf". Default:
+	// from Name's extension, else application/octet-stream.
+	MediaType string
+}
+
+// attachment is a checked Attachment.
 type attachment struct {
 	path, name, mediaType string
 	params                map[string]string
 }
 
 func newAttachment(path string) (attachment, error) {
-	fi, err := os.Stat(path)
+	return Attachment{Path: path}.check()
+}
+
+func (f Attachment) check() (attachment, error) {
+	fi, err := os.Stat(f.Path)
 	if err != nil {
 		return attachment{}, fmt.Errorf("attachment: %w", err)
 	}
 	if !fi.Mode().IsRegular() {
-		return attachment{}, fmt.Errorf("attachment %s: not a regular file", path)
+		return attachment{}, fmt.Errorf("attachment %s: not a regular file", f.Path)
 	}
-	a := attachment{path: path, name: filepath.Base(path), mediaType: "application/octet-stream"}
-	if err := checkHeader("Content-Disposition", a.name); err != nil {
-		return attachment{}, fmt.Errorf("attachment %s: file name: %w", path, err)
+	a := attachment{path: f.Path, name: f.Name, mediaType: "application/octet-stream"}
+	if a.name == "" {
+		a.name = filepath.Base(f.Path)
 	}
-	if mt, params, err := mime.ParseMediaType(mime.TypeByExtension(filepath.Ext(path))); err == nil {
-		a.mediaType, a.params = mt, params
+	if err := CheckFilename(a.name); err != nil {
+		return attachment{}, fmt.Errorf("attachment %s: %w", f.Path, err)
+	}
+	mt := f.MediaType
+	if mt == "" {
+		mt = mime.TypeByExtension(filepath.Ext(a.name))
+	}
+	if mt != "" {
+		t, params, err := mime.ParseMediaType(mt)
+		if err != nil && f.MediaType != "" {
+			return attachment{}, fmt.Errorf("attachment %s: media type %q: %w", f.Path, f.MediaType, err)
+		}
+		if err == nil {
+			a.mediaType, a.params = t, params
+		}
 	}
 	return a, nil
 }
 
-// write streams the file into a base64 attachment part. The filename is
-// RFC 2231-encoded by go-message when it is not plain ASCII.
+// MaxFilename is the longest attachment file name accepted, in octets
+// (most file systems' limit, and far below what fits a header).
+const MaxFilename = 255
+
+// CheckFilename checks an attachment's file name for Content-Disposition:
+// not empty, at most MaxFilename octets, valid UTF-8 without control
+// characters (no header injection), no path separator and not "." or
+// "..", so a receiver that saves it under that name stays in its
+// directory. Non-ASCII names are fine: go-message writes them RFC 2231
+// encoded (filename*=utf-8”...).
+func CheckFilename(name string) error {
+	switch {
+	case name == "" || name == "." || name == "..":
+		return fmt.Errorf("file name %q: not a file name", name)
+	case len(name) > MaxFilename:
+		return fmt.Errorf("file name %q: %d octets, more than %d", name, len(name), MaxFilename)
+	case strings.ContainsAny(name, `/\`):
+		return fmt.Errorf("file name %q: contains a path separator", name)
+	}
+	if err := checkHeader("Content-Disposition", name); err != nil {
+		return fmt.Errorf("file name: %w", err)
+	}
+	if mime.FormatMediaType("attachment", map[string]string{"filename": name}) == "" {
+		return fmt.Errorf("file name %q: cannot be written as a Content-Disposition parameter", name)
+	}
+	return nil
+}
+
+// write streams the file into a base64 attachment part.
 func (a attachment) write(mw *gomessage.Writer) error {
 	f, err := os.Open(a.path)
 	if err != nil {
@@ -375,7 +434,13 @@ func (a attachment) write(mw *gomessage.Writer) error {
 	defer f.Close()
 	var ah mail.AttachmentHeader
 	ah.SetContentType(a.mediaType, a.params)
-	ah.SetFilename(a.name)
+	// RFC 2183 with an RFC 2231 encoded name when it is not ASCII
+	// (filename*=utf-8''...), as mime.FormatMediaType writes it. go-message's
+	// SetFilename and SetContentDisposition would write RFC 2047 encoded
+	// words, which RFC 2047 §5 does not allow in a parameter; its reader
+	// decodes either. A name of MaxFilename octets, all escaped, stays
+	// within the 998-octet line (RFC 5322 §2.1.1).
+	ah.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": a.name}))
 	ah.Set("Content-Transfer-Encoding", "base64")
 	pw, err := mw.CreatePart(ah.Header)
 	if err != nil {

@@ -1,7 +1,6 @@
 package message
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	htmltemplate "html/template"
@@ -37,6 +36,10 @@ type Content struct {
 	// file at each Render and never read whole into memory. Each must be a
 	// regular file when Parse runs. Default none.
 	Attachments []string
+	// Files are attachments with a name and media type of their own (a
+	// campaign's stored attachments, materialized by each worker); they
+	// follow Attachments. Default none.
+	Files []Attachment
 	// Unsubscribe configures the List-Unsubscribe header fields. The zero
 	// value adds none.
 	Unsubscribe Unsubscribe
@@ -92,9 +95,10 @@ func WithNowFunc(now func() time.Time) Option {
 	return func(o *options) { o.now = now }
 }
 
-// WithSpool sets where a DKIM-signed message is kept while it is signed:
-// in memory up to over bytes, then in a temporary file in dir ("" for
-// os.TempDir). Default: 4 MiB, os.TempDir. over <= 0 keeps the default.
+// WithSpool sets where a message is built (Build, Shared, and a DKIM-signed
+// one while it is signed): in memory up to over bytes, then in a temporary
+// file in dir ("" for os.TempDir). Default: DefaultSpoolOver (1 MiB),
+// os.TempDir. over <= 0 keeps the default.
 func WithSpool(dir string, over int) Option {
 	return func(o *options) {
 		o.spoolDir = dir
@@ -161,7 +165,7 @@ var funcs = map[string]any{
 // Parse does not run the templates: call Validate for that.
 func Parse(c Content, opts ...Option) (*Template, error) {
 	t := &Template{
-		opts:   options{now: time.Now, spoolOver: 4 << 20, sharedMaxAge: time.Hour},
+		opts:   options{now: time.Now, spoolOver: DefaultSpoolOver, sharedMaxAge: time.Hour},
 		unsub:  c.Unsubscribe,
 		dkim:   c.DKIM,
 		shared: map[string]sharedMessage{},
@@ -218,6 +222,13 @@ func Parse(c Content, opts ...Option) (*Template, error) {
 	t.personalized = t.personalized || t.unsub.OneClick
 	for _, path := range c.Attachments {
 		a, err := newAttachment(path)
+		if err != nil {
+			return nil, err
+		}
+		t.attachments = append(t.attachments, a)
+	}
+	for _, f := range c.Files {
+		a, err := f.check()
 		if err != nil {
 			return nil, err
 		}
@@ -346,14 +357,7 @@ func usesData(tree *parse.Tree, static map[string]bool) bool {
 // after its DKIM-Signature. On error w may hold part of a message: discard
 // it. A *HeaderError means recipient data would have broken a header.
 func (t *Template) Render(w io.Writer, to string, d *Data) error {
-	if d == nil {
-		d = &Data{}
-	}
-	v, err := t.view(d)
-	if err != nil {
-		return err
-	}
-	h, err := t.header(to, v)
+	h, v, err := t.prepare(to, d)
 	if err != nil {
 		return err
 	}
@@ -363,31 +367,86 @@ func (t *Template) Render(w io.Writer, to string, d *Data) error {
 	return t.writeSigned(w, h, v)
 }
 
+// Build renders the message for one recipient as Render does, into a Body:
+// in memory up to WithSpool's threshold, in a temporary file past it, so a
+// large message is never held in memory and can be streamed into several
+// transactions. The caller must Release it.
+func (t *Template) Build(to string, d *Data) (*Body, error) {
+	h, v, err := t.prepare(to, d)
+	if err != nil {
+		return nil, err
+	}
+	if t.dkim != nil {
+		return t.sign(h, v)
+	}
+	sp := newSpool(t.opts.spoolDir, t.opts.spoolOver)
+	if err := t.writeEntity(sp, h, v); err != nil {
+		sp.close()
+		return nil, err
+	}
+	return sp.body(nil)
+}
+
+// prepare computes the view and the header for one recipient.
+func (t *Template) prepare(to string, d *Data) (mail.Header, *view, error) {
+	if d == nil {
+		d = &Data{}
+	}
+	v, err := t.view(d)
+	if err != nil {
+		return mail.Header{}, nil, err
+	}
+	h, err := t.header(to, v)
+	if err != nil {
+		return mail.Header{}, nil, err
+	}
+	return h, v, nil
+}
+
 // Shared returns the message for many recipients addressed as the group
 // to, built (and signed) once and reused until WithSharedMaxAge passes, so a
 // same-for-all campaign pays for rendering and signing once, not per batch.
-// The bytes are shared: do not modify them. It fails for a personalized
-// template.
-func (t *Template) Shared(to string) ([]byte, error) {
+// Past WithSpool's threshold it lives in a spool file that every
+// transaction streams from: concurrent batches share it, none copies it.
+// The caller must Release the Body when its transactions are done. It fails
+// for a personalized template.
+func (t *Template) Shared(to string) (*Body, error) {
 	if t.personalized {
 		return nil, errors.New("message: Shared called for a personalized template")
 	}
 	now := t.opts.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if s, ok := t.shared[to]; ok && now.Sub(s.built) < t.opts.sharedMaxAge {
-		return s.b, nil
+	if t.shared == nil {
+		return nil, errors.New("message: Shared called after Close")
 	}
-	var b bytes.Buffer
-	if err := t.Render(&b, to, nil); err != nil {
+	if s, ok := t.shared[to]; ok && now.Sub(s.built) < t.opts.sharedMaxAge {
+		return s.body.retain(), nil
+	}
+	b, err := t.Build(to, nil)
+	if err != nil {
 		return nil, err
 	}
-	t.shared[to] = sharedMessage{b: b.Bytes(), built: now}
-	return b.Bytes(), nil
+	if old, ok := t.shared[to]; ok {
+		old.body.Release() // freed when its last transaction releases it
+	}
+	t.shared[to] = sharedMessage{body: b, built: now}
+	return b.retain(), nil
+}
+
+// Close releases the messages Shared keeps (their spool files go when the
+// last transaction using them releases them). Shared fails after Close.
+func (t *Template) Close() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, s := range t.shared {
+		s.body.Release()
+	}
+	t.shared = nil
 }
 
 type sharedMessage struct {
-	b     []byte
+	body  *Body
 	built time.Time
 }
 
