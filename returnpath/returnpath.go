@@ -211,12 +211,62 @@ func parseID(s string) (int64, error) {
 // mac is HMAC-SHA256(key, "blaster-return-path-1" | campaign | contact)
 // with fixed-width ids, truncated to macLen. The prefix keeps these MACs
 // apart from any other use of the same key.
-func (s *Signer) mac(t Tag) []byte {
+func (s *Signer) mac(t Tag) []byte { return s.labelledMAC("blaster-return-path-1", t) }
+
+func (s *Signer) labelledMAC(label string, t Tag) []byte {
 	h := hmac.New(sha256.New, s.key)
-	h.Write([]byte("blaster-return-path-1"))
+	h.Write([]byte(label))
 	var ids [16]byte
 	binary.BigEndian.PutUint64(ids[:8], uint64(t.CampaignID))
 	binary.BigEndian.PutUint64(ids[8:], uint64(t.ContactID))
 	h.Write(ids[:])
 	return h.Sum(nil)[:macLen]
+}
+
+// envIDPrefix starts every envelope id blaster makes.
+const envIDPrefix = "blaster."
+
+// EnvelopeID returns the DSN envelope id (ENVID, RFC 3461 §4.4) of a
+// transaction of a campaign to one contact, or to several (contactID 0):
+// "blaster.<campaign>.<contact>.<mac>", the MAC made as a return path's
+// but under a label of its own, so that a bounce processor can trust the
+// recipient a DSN's Original-Envelope-Id names (RFC 3464 §2.2.1). A nil
+// Signer (no key) gives the unsigned "blaster.<campaign>.<contact>", which
+// identifies the transaction for other bounce processors and is never
+// trusted by VerifyEnvelopeID. At most 64 characters of xtext-safe ASCII
+// (RFC 3461 allows 100).
+func (s *Signer) EnvelopeID(campaignID, contactID int64) string {
+	id := envIDPrefix + strconv.FormatInt(campaignID, 10) + "." + strconv.FormatInt(contactID, 10)
+	if s == nil {
+		return id
+	}
+	return id + "." + strings.ToLower(b32.EncodeToString(s.labelledMAC("blaster-envid-1", Tag{CampaignID: campaignID, ContactID: contactID})))
+}
+
+// VerifyEnvelopeID checks that id is an envelope id this Signer made (in
+// any letter case) and returns what it says.
+func (s *Signer) VerifyEnvelopeID(id string) (Tag, error) {
+	rest, ok := strings.CutPrefix(strings.ToLower(strings.TrimSpace(id)), envIDPrefix)
+	fields := strings.Split(rest, ".")
+	if !ok || len(fields) != 3 {
+		return Tag{}, fmt.Errorf("%w: envelope id %q: want blaster.<campaign>.<contact>.<mac>", ErrInvalid, id)
+	}
+	var t Tag
+	var err error
+	if t.CampaignID, err = parseID(fields[0]); err != nil {
+		return Tag{}, fmt.Errorf("%w: envelope id %q: campaign id: %w", ErrInvalid, id, err)
+	}
+	if fields[1] != "0" {
+		if t.ContactID, err = parseID(fields[1]); err != nil {
+			return Tag{}, fmt.Errorf("%w: envelope id %q: contact id: %w", ErrInvalid, id, err)
+		}
+	}
+	sum, err := b32.DecodeString(strings.ToUpper(fields[2]))
+	if err != nil || len(sum) != macLen {
+		return Tag{}, fmt.Errorf("%w: envelope id %q: MAC is not %d bytes of base32", ErrInvalid, id, macLen)
+	}
+	if !hmac.Equal(sum, s.labelledMAC("blaster-envid-1", t)) {
+		return Tag{}, fmt.Errorf("%w: envelope id %q: MAC does not match", ErrInvalid, id)
+	}
+	return t, nil
 }

@@ -164,3 +164,33 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+func TestEnvelopeID(t *testing.T) {
+	s := signer(t, testKey)
+	for _, tc := range []Tag{{42, 7}, {42, 0}, {9223372036854775807, 9223372036854775807}} {
+		id := s.EnvelopeID(tc.CampaignID, tc.ContactID)
+		if len(id) > 100 || strings.ContainsAny(id, "+= \r\n") {
+			t.Fatalf("EnvelopeID = %q: not a short xtext-safe ENVID (RFC 3461 §4.4)", id)
+		}
+		got, err := s.VerifyEnvelopeID(strings.ToUpper(id))
+		if err != nil || got != tc {
+			t.Fatalf("VerifyEnvelopeID(%q) = %+v, %v; want %+v", id, got, err, tc)
+		}
+	}
+	id := s.EnvelopeID(42, 7)
+	for _, bad := range []string{
+		strings.Replace(id, ".7.", ".8.", 1),                 // another contact
+		strings.Replace(id, "blaster.42.", "blaster.43.", 1), // another campaign
+		signer(t, []byte("another key, also 32 bytes long!")).EnvelopeID(42, 7),
+		(*Signer)(nil).EnvelopeID(42, 7), // unsigned
+		"blaster.042.7." + id[len(id)-16:],
+		"", "blaster.", "x.42.7.aaaaaaaaaaaaaaaa",
+	} {
+		if tag, err := s.VerifyEnvelopeID(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("VerifyEnvelopeID(%q) = %+v, %v; want ErrInvalid", bad, tag, err)
+		}
+	}
+	if got := (*Signer)(nil).EnvelopeID(42, 7); got != "blaster.42.7" {
+		t.Errorf("unsigned EnvelopeID = %q", got)
+	}
+}
