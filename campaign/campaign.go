@@ -129,6 +129,11 @@ type New struct {
 	Text     string
 	HTML     string
 	Settings Settings
+	// Attachments are paths of files attached to every message. Create
+	// checks them (regular files, names fit for Content-Disposition, at
+	// most MaxAttachmentBytes together) and stores their content with the
+	// campaign, so workers on any machine can send them.
+	Attachments []string
 	// Secrets are needed to test-render one-click unsubscribe links.
 	Secrets Secrets
 }
@@ -151,6 +156,13 @@ func Create(ctx context.Context, q Querier, n New) (*Campaign, error) {
 	mc, err := content(n.From, n.Subject, n.Text, n.HTML, n.Settings, n.Secrets)
 	if err != nil {
 		return nil, err
+	}
+	files, contents, err := readAttachments(n.Attachments)
+	if err != nil {
+		return nil, err
+	}
+	for i, f := range files {
+		mc.Files = append(mc.Files, message.Attachment{Path: n.Attachments[i], Name: f.Name, MediaType: f.MediaType})
 	}
 	tmpl, err := message.Parse(mc)
 	if err != nil {
@@ -175,11 +187,21 @@ func Create(ctx context.Context, q Querier, n New) (*Campaign, error) {
 		}
 		listID = &id
 	}
+	// One statement, so the campaign never exists without its files.
+	pos, names, types, sizes, sums := fileColumns(files)
 	var id int64
 	err = q.QueryRow(ctx, `
-		INSERT INTO campaigns (name, kind, list_id, from_addr, subject, text_body, html_body, personalized, settings)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id`,
-		n.Name, n.Kind, listID, n.From, n.Subject, n.Text, n.HTML, tmpl.Personalized(), settings).Scan(&id)
+		WITH c AS (
+			INSERT INTO campaigns (name, kind, list_id, from_addr, subject, text_body, html_body, personalized, settings)
+			VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id),
+		f AS (
+			INSERT INTO campaign_files (campaign_id, position, name, media_type, size, sha256, content)
+			SELECT c.id, u.position, u.name, u.media_type, u.size, u.sha256, u.content
+			FROM c, unnest($10::int[], $11::text[], $12::text[], $13::bigint[], $14::bytea[], $15::bytea[])
+			     AS u(position, name, media_type, size, sha256, content))
+		SELECT id FROM c`,
+		n.Name, n.Kind, listID, n.From, n.Subject, n.Text, n.HTML, tmpl.Personalized(), settings,
+		pos, names, types, sizes, sums, contents).Scan(&id)
 	if err != nil {
 		return nil, fmt.Errorf("inserting campaign: %w", err)
 	}

@@ -2,7 +2,9 @@ package campaign
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -36,6 +38,66 @@ type Settings struct {
 	// ReturnPath sends with a signed, per-campaign envelope sender so
 	// bounces can be fed back (`blaster bounces`). nil: the From address.
 	ReturnPath *ReturnPath `json:"return_path,omitempty"`
+	// DSN asks receiving servers for delivery status notifications (RFC
+	// 3461). nil: none asked for (servers use their default, failure and
+	// delay). The envelope id and original recipient go out either way.
+	DSN *DSN `json:"dsn,omitempty"`
+}
+
+// DSN is what a campaign asks of RFC 3461 delivery status notifications,
+// sent as NOTIFY on each RCPT and RET on MAIL when the server offers DSN.
+type DSN struct {
+	// Notify is when to notify: "never" alone, or any of "success",
+	// "failure", "delay" (RFC 3461 §4.1). Empty: the server's default.
+	Notify []string `json:"notify,omitempty"`
+	// Ret is what a failure notification carries back: "full" (the whole
+	// message) or "hdrs" (its header only) (RFC 3461 §4.3). "": the
+	// server's choice.
+	Ret string `json:"ret,omitempty"`
+}
+
+// ParseDSN reads the flag forms: notify a comma-separated list
+// ("failure,delay", "never"), ret "full" or "hdrs"; both may be "". It
+// returns nil when both are empty.
+func ParseDSN(notify, ret string) (*DSN, error) {
+	if notify == "" && ret == "" {
+		return nil, nil
+	}
+	d := &DSN{Ret: strings.ToLower(strings.TrimSpace(ret))}
+	if notify != "" {
+		for _, n := range strings.Split(notify, ",") {
+			d.Notify = append(d.Notify, strings.ToLower(strings.TrimSpace(n)))
+		}
+	}
+	return d, d.validate()
+}
+
+func (d *DSN) validate() error {
+	if d == nil {
+		return nil
+	}
+	seen := map[string]bool{}
+	for _, n := range d.Notify {
+		switch n {
+		case "never":
+			if len(d.Notify) > 1 {
+				return errors.New("dsn notify: never cannot be combined with success, failure or delay (RFC 3461 §4.1)")
+			}
+		case "success", "failure", "delay":
+		default:
+			return fmt.Errorf("dsn notify %q: want never, or any of success, failure, delay", n)
+		}
+		if seen[n] {
+			return fmt.Errorf("dsn notify %q given twice", n)
+		}
+		seen[n] = true
+	}
+	switch d.Ret {
+	case "", "full", "hdrs":
+	default:
+		return fmt.Errorf("dsn ret %q: want full or hdrs", d.Ret)
+	}
+	return nil
 }
 
 // Unsubscribe is the List-Unsubscribe policy; see message.Unsubscribe. The
@@ -82,6 +144,9 @@ func (s Settings) WithDefaults() Settings {
 func (s Settings) validate() error {
 	if s.MaxRcpt < 0 || s.MaxRcpt > 1000 {
 		return fmt.Errorf("max_rcpt %d out of range 1..1000", s.MaxRcpt)
+	}
+	if err := s.DSN.validate(); err != nil {
+		return err
 	}
 	for _, d := range s.RetrySchedule {
 		if d <= 0 {
