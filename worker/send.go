@@ -1,12 +1,12 @@
 package worker
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/mail"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +63,9 @@ type sendWorker struct {
 	secrets   campaign.Secrets
 	metrics   Metrics // nil: none
 
+	spoolDir  string // this process's; attachments and large messages
+	spoolOver int    // message size past which it is spooled to a file
+
 	mu        sync.Mutex
 	campaigns map[int64]*compiled // a started campaign's content never changes
 }
@@ -73,6 +76,7 @@ type compiled struct {
 	tmpl     *message.Template
 	envFrom  string // bare From address, the envelope's reverse path
 	listName string
+	dir      string // the campaign's attachments, under spoolDir
 }
 
 // Timeout bounds one batch: up to 100 transactions on one connection.
@@ -173,19 +177,52 @@ func (w *sendWorker) campaign(ctx context.Context, id int64) (*compiled, error) 
 	if err != nil {
 		return nil, river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
 	}
-	tmpl, err := message.Parse(mc)
-	if err != nil {
+	cc = &compiled{c: c, listName: c.ListName, envFrom: c.From}
+	if a, err := mail.ParseAddress(c.From); err == nil {
+		cc.envFrom = a.Address
+	}
+	if cc.dir, err = os.MkdirTemp(w.spoolDir, fmt.Sprintf("campaign-%d-", id)); err != nil {
+		return nil, fmt.Errorf("campaign %d: %w", id, err)
+	}
+	// Copied once per campaign and process, streamed into every message.
+	if mc.Files, err = campaign.Materialize(ctx, w.pool, id, cc.dir); err != nil {
+		os.RemoveAll(cc.dir)
+		return nil, err
+	}
+	if cc.tmpl, err = message.Parse(mc, message.WithSpool(w.spoolDir, w.spoolOver)); err != nil {
+		os.RemoveAll(cc.dir)
 		return nil, river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
 	}
-	envFrom := c.From
-	if a, err := mail.ParseAddress(c.From); err == nil {
-		envFrom = a.Address
-	}
-	cc = &compiled{c: c, tmpl: tmpl, envFrom: envFrom, listName: c.ListName}
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	if first := w.campaigns[id]; first != nil {
+		// Another batch of the campaign compiled it meanwhile: use theirs.
+		cc.close()
+		return first, nil
+	}
 	w.campaigns[id] = cc
-	w.mu.Unlock()
 	return cc, nil
+}
+
+// close drops the campaign's shared messages and attachment copies.
+func (cc *compiled) close() {
+	cc.tmpl.Close()
+	os.RemoveAll(cc.dir)
+}
+
+// closeSpool drops every compiled campaign and removes the spool
+// directory; the worker calls it once no batch runs.
+func (w *sendWorker) closeSpool() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for id, cc := range w.campaigns {
+		cc.close()
+		delete(w.campaigns, id)
+	}
+	if err := os.RemoveAll(w.spoolDir); err != nil {
+		return fmt.Errorf("removing the spool directory: %w", err)
+	}
+	return nil
 }
 
 // batch is one job's working state.
@@ -295,7 +332,6 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 	defer func() { sess.Release(lastErr) }()
 
 	if b.cc.tmpl.Personalized() {
-		var buf bytes.Buffer
 		checked := w.now()
 		for i, r := range rcpts {
 			// A pause or cancel takes hold between transactions, not only
@@ -309,14 +345,16 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 			if wait, err := w.acquire(ctx, b, 1); err != nil || wait > 0 {
 				return w.putBack(ctx, b, rcpts[i:], wait, err)
 			}
-			buf.Reset()
 			data := &message.Data{Email: r.email, Name: r.name, Attrs: r.attrs,
 				CampaignID: b.cc.c.ID, ContactID: r.contactID}
-			if err := b.cc.tmpl.Render(&buf, r.email, data); err != nil {
+			// In memory up to the spool threshold, else in a file.
+			body, err := b.cc.tmpl.Build(r.email, data)
+			if err != nil {
 				b.outcomes = append(b.outcomes, outcome{contactID: r.contactID, state: campaign.StateBounced, errText: err.Error()})
 				continue
 			}
-			lastErr = w.transact(ctx, b, sess, rcpts[i:i+1], buf.Bytes())
+			lastErr = w.transact(ctx, b, sess, rcpts[i:i+1], body)
+			body.Release()
 			if lastErr != nil && brokenSession(lastErr) {
 				w.failAll(b, rcpts[i+1:], lastErr)
 				return 0, nil
@@ -331,6 +369,7 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 		w.failAll(b, rcpts, err)
 		return 0, nil
 	}
+	defer body.Release()
 	size := len(rcpts)
 	if w.throttle != nil {
 		if m := w.throttle.Limits(b.key).MaxRcpts; m > 0 {
@@ -400,13 +439,11 @@ func (w *sendWorker) putBack(ctx context.Context, b *batch, rest []recipient, wa
 // transact runs SMTP transactions for rcpts with one body: recipients
 // answered 452 (too many recipients, RFC 5321 §4.5.3.1.10) go again at once
 // in the next transaction on the same connection.
-func (w *sendWorker) transact(ctx context.Context, b *batch, sess transport.Session, rcpts []recipient, body []byte) error {
+func (w *sendWorker) transact(ctx context.Context, b *batch, sess transport.Session, rcpts []recipient, body *message.Body) error {
 	for len(rcpts) > 0 {
-		env := &smtp.Envelope{From: w.envelopeFrom(b, rcpts), Rcpts: make([]smtp.Recipient, len(rcpts)), Size: int64(len(body))}
-		for i, r := range rcpts {
-			env.Rcpts[i] = smtp.Recipient{Addr: r.email}
-		}
-		res, err := sess.Send(ctx, env, bytes.NewReader(body))
+		env := w.envelope(b, rcpts)
+		env.Size = body.Size()
+		res, err := sess.Send(ctx, env, body.Reader())
 		if w.throttle != nil {
 			// Rate limits answered to a RCPT count as much as to DATA.
 			w.throttle.Observe(b.key, throttle.ResultError(res, err))

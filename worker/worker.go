@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -16,6 +17,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/message"
 	"github.com/blaster-mail/blaster/transport"
 )
 
@@ -54,6 +56,14 @@ type Config struct {
 	// Metrics, when set, is told every batch's recorded outcomes, and
 	// wraps every job when it is a River worker middleware. Nil: none.
 	Metrics Metrics
+	// SpoolDir is where New makes the worker's spool directory (removed by
+	// Stop): campaigns' attachments copied from the database, and messages
+	// larger than SpoolOver, which transactions stream from there. Default
+	// os.TempDir().
+	SpoolDir string
+	// SpoolOver is the size in bytes past which a message is built into a
+	// spool file instead of memory. Default message.DefaultSpoolOver (1 MiB).
+	SpoolOver int
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -79,6 +89,9 @@ func (c Config) WithDefaults() Config {
 	if c.NowFunc == nil {
 		c.NowFunc = time.Now
 	}
+	if c.SpoolOver <= 0 {
+		c.SpoolOver = message.DefaultSpoolOver
+	}
 	return c
 }
 
@@ -99,6 +112,7 @@ func (c Config) validate() error {
 type Worker struct {
 	cfg    Config
 	client *river.Client[pgx.Tx]
+	send   *sendWorker
 
 	stopSweep context.CancelFunc
 	swept     chan struct{} // closed when the sweeper has returned
@@ -114,8 +128,12 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	spool, err := os.MkdirTemp(cfg.SpoolDir, "blaster-worker-")
+	if err != nil {
+		return nil, fmt.Errorf("making the spool directory: %w", err)
+	}
 	workers := river.NewWorkers()
-	river.AddWorker(workers, &sendWorker{
+	sw := &sendWorker{
 		pool:      cfg.Pool,
 		transport: cfg.Transport,
 		throttle:  cfg.Throttle,
@@ -126,7 +144,10 @@ func New(cfg Config) (*Worker, error) {
 		secrets:   cfg.Secrets,
 		metrics:   cfg.Metrics,
 		campaigns: map[int64]*compiled{},
-	})
+		spoolDir:  spool,
+		spoolOver: cfg.SpoolOver,
+	}
+	river.AddWorker(workers, sw)
 	rcfg := &river.Config{
 		Queues: map[string]river.QueueConfig{
 			campaign.QueueAlert:      {MaxWorkers: cfg.AlertWorkers},
@@ -146,9 +167,10 @@ func New(cfg Config) (*Worker, error) {
 	}
 	client, err := river.NewClient(riverpgxv5.New(cfg.Pool), rcfg)
 	if err != nil {
+		os.RemoveAll(spool)
 		return nil, fmt.Errorf("creating River client: %w", err)
 	}
-	return &Worker{cfg: cfg, client: client}, nil
+	return &Worker{cfg: cfg, client: client, send: sw}, nil
 }
 
 // Start begins working jobs; it returns at once.
@@ -193,7 +215,7 @@ func (w *Worker) Stop(ctx context.Context) error {
 	if err != nil {
 		err = errors.Join(err, w.client.StopAndCancel(context.WithoutCancel(ctx)))
 	}
-	return errors.Join(err, w.cfg.Transport.Close())
+	return errors.Join(err, w.cfg.Transport.Close(), w.send.closeSpool())
 }
 
 // Client is the River client, for inserting jobs from the same process.
