@@ -43,6 +43,10 @@ type Report struct {
 	DeliveryStatus bool
 	// ReportingMTA is the per-message Reporting-MTA field (RFC 3464 §2.2.2).
 	ReportingMTA string
+	// EnvelopeID is the per-message Original-Envelope-Id field (RFC 3464
+	// §2.2.1): the ENVID the sender gave (RFC 3461 §4.4), xtext decoded;
+	// "" when absent.
+	EnvelopeID string
 	// Recipients are the per-recipient blocks (RFC 3464 §2.3). For a
 	// non-standard bounce, at most one entry per X-Failed-Recipients
 	// address (or one without an address), with the status found in the
@@ -277,6 +281,7 @@ func parseDeliveryStatus(body io.Reader, rep *Report) error {
 		return nil
 	}
 	rep.ReportingMTA = typedValue(blocks[0].Get("Reporting-Mta"))
+	rep.EnvelopeID = decodeXtext(strings.TrimSpace(blocks[0].Get("Original-Envelope-Id")))
 	for i, b := range blocks {
 		if !b.Has("Final-Recipient") && !b.Has("Original-Recipient") && !b.Has("Action") {
 			continue // the per-message block
@@ -302,6 +307,26 @@ func parseDeliveryStatus(body io.Reader, rep *Report) error {
 		}
 	}
 	return nil
+}
+
+// decodeXtext undoes RFC 3461 §4's xtext ("+" and two upper-case hex
+// digits for a byte); a malformed escape is kept as it is.
+func decodeXtext(s string) string {
+	if !strings.Contains(s, "+") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '+' && i+2 < len(s) {
+			if v, err := strconv.ParseUint(s[i+1:i+3], 16, 8); err == nil {
+				b.WriteByte(byte(v))
+				i += 2
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // skipBlankLines consumes empty lines; it returns io.EOF at the end.

@@ -194,3 +194,26 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// TestParseEnvelopeID: Original-Envelope-Id comes from the per-message
+// block, xtext decoded (RFC 3461 §4).
+func TestParseEnvelopeID(t *testing.T) {
+	for raw, want := range map[string]string{
+		"blaster.7.9.abc": "blaster.7.9.abc",
+		"a+2Bb+3Dc":       "a+b=c",
+		"bad+zz+2":        "bad+zz+2",
+	} {
+		msg := "From: MAILER-DAEMON@mx.example.test\r\nSubject: failure\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n" +
+			"--b\r\nContent-Type: message/delivery-status\r\n\r\n" +
+			"Reporting-MTA: dns; mx.example.test\r\nOriginal-Envelope-Id: " + raw + "\r\n\r\n" +
+			"Final-Recipient: rfc822; a@example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n"
+		rep, err := ParseBytes([]byte(msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.EnvelopeID != want || len(rep.Recipients) != 1 {
+			t.Errorf("Original-Envelope-Id %q: EnvelopeID %q with %d recipients, want %q and 1", raw, rep.EnvelopeID, len(rep.Recipients), want)
+		}
+	}
+}

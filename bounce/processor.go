@@ -105,8 +105,9 @@ type event struct {
 // Process parses raw (one message) and applies it, in one transaction.
 // envelope are the addresses it was delivered to when known (the SMTP
 // receiver's RCPT TO); nil reads them from the message's headers
-// (Report.DeliveredTo). Only signed return paths count: a message without
-// one is ignored, as is anything that is not a bounce. source names where
+// (Report.DeliveredTo). Only signed return paths count, or a signed
+// envelope id in the report (Original-Envelope-Id): a message with neither
+// is ignored, as is anything that is not a bounce. source names where
 // the message came from, for the record and the log. The error is for the
 // database; processing again after one is safe.
 func (p *Processor) Process(ctx context.Context, raw []byte, envelope []string, source string) (Result, error) {
@@ -126,6 +127,7 @@ func (p *Processor) Process(ctx context.Context, raw []byte, envelope []string, 
 			tags = append(tags, t)
 		}
 	}
+	tags = p.withEnvelopeID(tags, rep)
 	switch {
 	case len(tags) == 0:
 		log.Warn("ignored: not sent to a signed return path", "to", envelope, "subject", rep.Subject)
@@ -184,6 +186,38 @@ func (p *Processor) Process(ctx context.Context, raw []byte, envelope []string, 
 		return Result{}, fmt.Errorf("committing bounce from %s: %w", source, err)
 	}
 	return res, nil
+}
+
+// withEnvelopeID adds what the DSN's Original-Envelope-Id says, when it is
+// an envelope id signed with this key (the worker's ENVID,
+// returnpath.Signer.EnvelopeID): it names the recipient of a
+// one-recipient transaction behind a campaign-level return path, so the
+// bounce applies to that recipient even when the report's addresses are a
+// forwarding target's; and it stands for the return path when the bounce
+// reached another address (a campaign without a return path, whose bounces
+// go to its From address). An envelope id for another campaign than the
+// return path's is not used: one of them is not this message's.
+func (p *Processor) withEnvelopeID(tags []returnpath.Tag, rep *Report) []returnpath.Tag {
+	if rep.EnvelopeID == "" {
+		return tags
+	}
+	et, err := p.Signer.VerifyEnvelopeID(rep.EnvelopeID)
+	if err != nil {
+		return tags
+	}
+	if len(tags) == 0 {
+		return []returnpath.Tag{et}
+	}
+	out := make([]returnpath.Tag, 0, len(tags))
+	for _, t := range tags {
+		if t.CampaignID == et.CampaignID && t.ContactID == 0 {
+			t.ContactID = et.ContactID
+		}
+		if !containsTag(out, t) {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 func containsTag(tags []returnpath.Tag, t returnpath.Tag) bool {

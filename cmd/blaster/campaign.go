@@ -74,6 +74,7 @@ func newCampaignCreateCmd(a *app) *cobra.Command {
 		dkim               campaign.DKIM
 		rp                 campaign.ReturnPath
 		bounceKeyFile      string
+		dsn                dsnFlags
 	)
 	cmd := &cobra.Command{
 		Use:   "create --name N --list L --from ADDR --subject S --text FILE [--html FILE]",
@@ -87,6 +88,16 @@ With --return-path its mail goes out with a signed envelope sender, so that
 bounces come back to 'blaster bounces': per recipient for a personalized
 campaign (or with --return-path-per-recipient), per campaign otherwise. The
 key is $BLASTER_BOUNCE_KEY or --bounce-key-file, here and on every worker.
+
+With --attach (repeatable) each message carries the file as an attachment.
+Its content is stored with the campaign in the database (at most 25 MiB for
+all of a campaign's files), so workers on other machines need no access to
+it; the file may change or go once the campaign is created.
+
+--dsn-notify and --dsn-ret ask receiving servers for delivery status
+notifications (RFC 3461). Every transaction carries an envelope id naming
+the campaign (and the recipient, when it has one) and each recipient's
+original address, so 'blaster bounces' can match what comes back.
 
 The new campaign's id is printed alone on stdout.`,
 		Args: cobra.NoArgs,
@@ -122,6 +133,9 @@ The new campaign's id is printed alone on stdout.`,
 				n.Settings.ReturnPath = &rp
 			} else if rp.PerRecipient {
 				return errors.New("--return-path-per-recipient needs --return-path")
+			}
+			if n.Settings.DSN, err = dsn.parse(); err != nil {
+				return err
 			}
 			if unsub.OneClick {
 				if n.Secrets.UnsubscribeKey, err = unsubscribe.LoadKey(unsubKeyFile, os.Getenv); err != nil {
@@ -165,10 +179,34 @@ The new campaign's id is printed alone on stdout.`,
 	f.BoolVar(&rp.PerRecipient, "return-path-per-recipient", false,
 		"a return path per recipient for a same-for-all campaign too (one SMTP transaction per recipient)")
 	f.StringVar(&bounceKeyFile, bounceKeyFlag, "", bounceKeyUsage)
+	f.StringArrayVar(&n.Attachments, "attach", nil, "file attached to every message, stored with the campaign (repeatable; 25 MiB in all)")
+	dsn.register(cmd)
 	for _, name := range []string{"name", "list", "from", "subject"} {
 		cmd.MarkFlagRequired(name)
 	}
 	return cmd
+}
+
+// dsnFlags are the delivery status notification flags of campaign create
+// and send.
+type dsnFlags struct{ notify, ret string }
+
+func (d *dsnFlags) register(cmd *cobra.Command) {
+	f := cmd.Flags()
+	f.StringVar(&d.notify, "dsn-notify", "",
+		"ask for delivery status notifications (RFC 3461): never, or a comma-separated list of success, failure, delay (default: the server's)")
+	f.StringVar(&d.ret, "dsn-ret", "", "what a failure notification returns: full (the message) or hdrs (its header) (default: the server's)")
+	cmd.RegisterFlagCompletionFunc("dsn-ret", cobra.FixedCompletions([]string{"full", "hdrs"}, cobra.ShellCompDirectiveNoFileComp))
+	cmd.RegisterFlagCompletionFunc("dsn-notify", cobra.FixedCompletions(
+		[]string{"never", "failure", "failure,delay", "success,failure,delay"}, cobra.ShellCompDirectiveNoFileComp))
+}
+
+func (d *dsnFlags) parse() (*campaign.DSN, error) {
+	dsn, err := campaign.ParseDSN(d.notify, d.ret)
+	if err != nil {
+		return nil, fmt.Errorf("--dsn-notify/--dsn-ret: %w", err)
+	}
+	return dsn, nil
 }
 
 func readOptional(path string) (string, error) {

@@ -38,6 +38,8 @@ type sendFlags struct {
 	stallHint          time.Duration
 	returnPath         string
 	bounceKeyFile      string
+	attach             []string
+	dsn                dsnFlags
 }
 
 func newSendCmd(a *app) *cobra.Command {
@@ -56,7 +58,8 @@ Without --list they are put in a new list alert-<UTC timestamp>; with --list
 they are added to that list (created if missing) and the alert goes to the
 whole list. Suppressed addresses are left out, as for any campaign.
 
-Subject and bodies are templates, as in 'campaign create'.
+Subject and bodies are templates, as in 'campaign create'. --attach and the
+--dsn-* flags work as there.
 
 Delivery is done by 'blaster worker' processes. With --wait, send waits until
 every recipient has an outcome, prints one line per recipient (address, state,
@@ -83,6 +86,8 @@ was not sent.`,
 		"with --wait, warn on stderr when nothing has moved for this long (is a worker running?); 0 never")
 	f.StringVar(&sf.returnPath, "return-path", "", "signed return path base for bounces, e.g. bounces@bounce.example.test")
 	f.StringVar(&sf.bounceKeyFile, bounceKeyFlag, "", bounceKeyUsage)
+	f.StringArrayVar(&sf.attach, "attach", nil, "file attached to the alert, stored with it (repeatable; 25 MiB in all)")
+	sf.dsn.register(cmd)
 	cmd.MarkFlagRequired("from")
 	cmd.MarkFlagRequired("subject")
 	cmd.MarkFlagsMutuallyExclusive("text", "text-file")
@@ -142,7 +147,11 @@ func runSend(ctx context.Context, a *app, sf *sendFlags) error {
 	if name == "" {
 		name = "alert " + now.Format(time.RFC3339)
 	}
-	n := campaign.New{Name: name, Kind: campaign.Alert, From: sf.from, Subject: sf.subject, Text: text, HTML: html}
+	n := campaign.New{Name: name, Kind: campaign.Alert, From: sf.from, Subject: sf.subject, Text: text, HTML: html,
+		Attachments: sf.attach}
+	if n.Settings.DSN, err = sf.dsn.parse(); err != nil {
+		return err
+	}
 	if n.Secrets.BounceKey, err = loadBounceKey(sf.returnPath, sf.bounceKeyFile); err != nil {
 		return err
 	}

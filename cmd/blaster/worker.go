@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/blaster-mail/blaster/message"
 	"github.com/blaster-mail/blaster/metrics"
 	"github.com/blaster-mail/blaster/returnpath"
 	"github.com/blaster-mail/blaster/throttle"
@@ -155,6 +156,10 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 	f.StringVar(&unsubKeyFile, "unsubscribe-key-file", "", "file with the one-click unsubscribe token key (else $BLASTER_UNSUBSCRIBE_KEY)")
 	f.StringVar(&bounceKeyFile, bounceKeyFlag, "", bounceKeyUsage)
 	f.DurationVar(&cfg.FetchInterval, "poll-interval", 0, "how often to poll for jobs besides LISTEN/NOTIFY (default 1s)")
+	f.StringVar(&cfg.SpoolDir, "spool-dir", "",
+		"where the worker makes its spool directory (campaign attachments, large messages; removed on exit) (default $TMPDIR or /tmp)")
+	f.IntVar(&cfg.SpoolOver, "spool-threshold", message.DefaultSpoolOver,
+		"messages larger than this many bytes are built into a spool file and streamed from it, not held in memory")
 	mo.register(f)
 	return cmd
 }

@@ -1,0 +1,237 @@
+package bounce_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	gosmtp "github.com/emersion/go-smtp"
+
+	"github.com/blaster-mail/blaster/bounce"
+	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/returnpath"
+	"github.com/blaster-mail/blaster/transport"
+	"github.com/blaster-mail/blaster/worker"
+)
+
+// dsnTx is one transaction's DSN parameters (RFC 3461) as a server saw them.
+type dsnTx struct {
+	from, envID, ret string
+	rcpts, orcpts    []string
+	notify           [][]gosmtp.DSNNotify
+}
+
+// dsnServer is a go-smtp backend offering DSN that keeps every
+// transaction's DSN parameters.
+type dsnServer struct {
+	mu  sync.Mutex
+	txs []dsnTx
+}
+
+func (d *dsnServer) NewSession(*gosmtp.Conn) (gosmtp.Session, error) { return &dsnSession{d: d}, nil }
+
+type dsnSession struct {
+	d  *dsnServer
+	tx dsnTx
+}
+
+func (s *dsnSession) Mail(from string, o *gosmtp.MailOptions) error {
+	s.tx = dsnTx{from: from, envID: o.EnvelopeID, ret: string(o.Return)}
+	return nil
+}
+func (s *dsnSession) Rcpt(to string, o *gosmtp.RcptOptions) error {
+	s.tx.rcpts = append(s.tx.rcpts, to)
+	s.tx.notify = append(s.tx.notify, o.Notify)
+	orcpt := ""
+	if o.OriginalRecipientType != "" {
+		orcpt = string(o.OriginalRecipientType) + ";" + o.OriginalRecipient
+	}
+	s.tx.orcpts = append(s.tx.orcpts, orcpt)
+	return nil
+}
+func (s *dsnSession) Data(r io.Reader) error {
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return err
+	}
+	s.d.mu.Lock()
+	s.d.txs = append(s.d.txs, s.tx)
+	s.d.mu.Unlock()
+	return nil
+}
+func (s *dsnSession) Reset()        {}
+func (s *dsnSession) Logout() error { return nil }
+
+// hardDSN is a minimal RFC 3464 report sent to to, about finalRcpt, with
+// an Original-Envelope-Id when envID is not "".
+func hardDSN(to, messageID, envID, origRcpt, finalRcpt string) []byte {
+	perMessage := "Reporting-MTA: dns; mx.elsewhere.example.test\r\n"
+	if envID != "" {
+		perMessage += "Original-Envelope-Id: " + envID + "\r\n"
+	}
+	perRcpt := ""
+	if origRcpt != "" {
+		perRcpt = "Original-Recipient: rfc822;" + origRcpt + "\r\n"
+	}
+	return []byte("From: MAILER-DAEMON@mx.elsewhere.example.test\r\n" +
+		"To: " + to + "\r\nDelivered-To: " + to + "\r\n" +
+		"Subject: Undelivered Mail Returned to Sender\r\nMessage-Id: <" + messageID + ">\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n" +
+		"--b\r\nContent-Type: text/plain\r\n\r\nUndeliverable.\r\n" +
+		"--b\r\nContent-Type: message/delivery-status\r\n\r\n" + perMessage + "\r\n" + perRcpt +
+		"Final-Recipient: rfc822; " + finalRcpt + "\r\nAction: failed\r\nStatus: 5.1.1\r\n" +
+		"Diagnostic-Code: smtp; 550 5.1.1 mailbox unknown\r\n\r\n--b--\r\n")
+}
+
+// TestDSNEnvelopeID: a same-for-all campaign with a campaign-level return
+// path and DSN settings goes out through the worker; the server sees RET,
+// NOTIFY, ORCPT per recipient and a signed ENVID naming the campaign, and
+// the recipient where the transaction has one. A bounce that names only a
+// forwarding target is matched to its recipient through
+// Original-Envelope-Id (without it, it is unmatched), and one that reached
+// the From address, not a return path, counts through its envelope id and
+// Original-Recipient.
+func TestDSNEnvelopeID(t *testing.T) {
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	ids := seed(t, pool, 3) // user00, user02 @alpha (one transaction of two); user01 @beta (alone)
+	signer, err := returnpath.NewSigner(testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend := &dsnServer{}
+	srv := gosmtp.NewServer(backend)
+	srv.Domain = "relay.example.test"
+	srv.EnableDSN = true
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	rcfg, err := transport.ParseRelayURL("smtp://" + ln.Addr().String() + "?tls=none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := transport.NewRelay([]transport.RelayConfig{rcfg}, transport.RelayOptions{LocalName: "worker.blaster.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := worker.New(worker.Config{Pool: pool, Transport: tr, FetchInterval: 50 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Secrets: campaign.Secrets{BounceKey: testKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dsnSettings, err := campaign.ParseDSN("failure,delay", "hdrs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := campaign.Create(ctx, pool, campaign.New{Name: "dsn", List: "news", From: "News <news@sender.example.test>",
+		Subject: "Weekly news", Text: "Hello all\n",
+		Settings: campaign.Settings{ReturnPath: &campaign.ReturnPath{Address: base}, DSN: dsnSettings},
+		Secrets:  campaign.Secrets{BounceKey: testKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := worker.InsertClient(pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := campaign.Start(ctx, pool, rc, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, pool, c.ID)
+	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := w.Stop(stopCtx); err != nil {
+		t.Fatal(err)
+	}
+
+	envIDs := map[int]string{} // by recipients in the transaction
+	backend.mu.Lock()
+	txs := slices.Clone(backend.txs)
+	backend.mu.Unlock()
+	if len(txs) != 2 {
+		t.Fatalf("server saw %d transactions, want 2 (one per domain)", len(txs))
+	}
+	for _, tx := range txs {
+		if tx.ret != "HDRS" {
+			t.Errorf("RET = %q, want HDRS", tx.ret)
+		}
+		for i, r := range tx.rcpts {
+			if want := []gosmtp.DSNNotify{"FAILURE", "DELAY"}; !slices.Equal(tx.notify[i], want) {
+				t.Errorf("RCPT %s NOTIFY = %v, want %v", r, tx.notify[i], want)
+			}
+			if tx.orcpts[i] != "RFC822;"+r && tx.orcpts[i] != "rfc822;"+r {
+				t.Errorf("RCPT %s ORCPT = %q, want rfc822;%s", r, tx.orcpts[i], r)
+			}
+		}
+		tag, err := signer.VerifyEnvelopeID(tx.envID)
+		if err != nil {
+			t.Fatalf("ENVID %q: %v", tx.envID, err)
+		}
+		want := returnpath.Tag{CampaignID: c.ID}
+		if len(tx.rcpts) == 1 {
+			want.ContactID = ids[tx.rcpts[0]]
+		}
+		if tag != want {
+			t.Errorf("transaction to %v: ENVID says %+v, want %+v", tx.rcpts, tag, want)
+		}
+		envIDs[len(tx.rcpts)] = tx.envID
+	}
+	campaignRP, err := signer.Address(base, c.ID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p := &bounce.Processor{Pool: pool, Signer: signer}
+	state := func(email string) string {
+		var s string
+		if err := pool.QueryRow(ctx, "SELECT state FROM deliveries WHERE campaign_id = $1 AND contact_id = $2",
+			c.ID, ids[email]).Scan(&s); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	// Forwarded: the report names only the forwarding target.
+	res, err := p.Process(ctx, hardDSN(campaignRP, "1@mx.elsewhere.example.test", "", "", "fwd@elsewhere.example.test"), nil, "test")
+	if err != nil || res.Unmatched != 1 || res.Hard != 0 {
+		t.Fatalf("without an envelope id: %+v, %v; want one unmatched", res, err)
+	}
+	res, err = p.Process(ctx, hardDSN(campaignRP, "2@mx.elsewhere.example.test", envIDs[1], "", "fwd@elsewhere.example.test"), nil, "test")
+	if err != nil || res.Hard != 1 {
+		t.Fatalf("with the envelope id: %+v, %v; want one hard bounce", res, err)
+	}
+	if s := state("user01@beta.example.test"); s != campaign.StateBounced {
+		t.Errorf("user01 is %s, want bounced (named by the envelope id)", s)
+	}
+	// To the From address, no return path: the signed envelope id counts,
+	// and Original-Recipient names the recipient of a shared transaction.
+	res, err = p.Process(ctx, hardDSN("news@sender.example.test", "3@mx.elsewhere.example.test", envIDs[2],
+		"user02@alpha.example.test", "user02@alpha.example.test"), nil, "test")
+	if err != nil || res.Hard != 1 {
+		t.Fatalf("to the From address with an envelope id: %+v, %v; want one hard bounce", res, err)
+	}
+	if s := state("user02@alpha.example.test"); s != campaign.StateBounced {
+		t.Errorf("user02 is %s, want bounced", s)
+	}
+	if s := state("user00@alpha.example.test"); s != campaign.StateSent {
+		t.Errorf("user00 is %s, want sent", s)
+	}
+	// A forged envelope id (another contact, no valid MAC) counts nothing.
+	forged := fmt.Sprintf("blaster.%d.%d.aaaaaaaaaaaaaaaa", c.ID, ids["user00@alpha.example.test"])
+	res, err = p.Process(ctx, hardDSN("news@sender.example.test", "4@mx.elsewhere.example.test", forged,
+		"user00@alpha.example.test", "user00@alpha.example.test"), nil, "test")
+	if err != nil || res.Ignored == "" {
+		t.Fatalf("forged envelope id: %+v, %v; want ignored", res, err)
+	}
+}
