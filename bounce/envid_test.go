@@ -5,9 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -16,57 +14,11 @@ import (
 	"github.com/blaster-mail/blaster/bounce"
 	"github.com/blaster-mail/blaster/campaign"
 	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/returnpath"
 	"github.com/blaster-mail/blaster/transport"
 	"github.com/blaster-mail/blaster/worker"
 )
-
-// dsnTx is one transaction's DSN parameters (RFC 3461) as a server saw them.
-type dsnTx struct {
-	from, envID, ret string
-	rcpts, orcpts    []string
-	notify           [][]gosmtp.DSNNotify
-}
-
-// dsnServer is a go-smtp backend offering DSN that keeps every
-// transaction's DSN parameters.
-type dsnServer struct {
-	mu  sync.Mutex
-	txs []dsnTx
-}
-
-func (d *dsnServer) NewSession(*gosmtp.Conn) (gosmtp.Session, error) { return &dsnSession{d: d}, nil }
-
-type dsnSession struct {
-	d  *dsnServer
-	tx dsnTx
-}
-
-func (s *dsnSession) Mail(from string, o *gosmtp.MailOptions) error {
-	s.tx = dsnTx{from: from, envID: o.EnvelopeID, ret: string(o.Return)}
-	return nil
-}
-func (s *dsnSession) Rcpt(to string, o *gosmtp.RcptOptions) error {
-	s.tx.rcpts = append(s.tx.rcpts, to)
-	s.tx.notify = append(s.tx.notify, o.Notify)
-	orcpt := ""
-	if o.OriginalRecipientType != "" {
-		orcpt = string(o.OriginalRecipientType) + ";" + o.OriginalRecipient
-	}
-	s.tx.orcpts = append(s.tx.orcpts, orcpt)
-	return nil
-}
-func (s *dsnSession) Data(r io.Reader) error {
-	if _, err := io.Copy(io.Discard, r); err != nil {
-		return err
-	}
-	s.d.mu.Lock()
-	s.d.txs = append(s.d.txs, s.tx)
-	s.d.mu.Unlock()
-	return nil
-}
-func (s *dsnSession) Reset()        {}
-func (s *dsnSession) Logout() error { return nil }
 
 // hardDSN is a minimal RFC 3464 report sent to to, about finalRcpt, with
 // an Original-Envelope-Id when envID is not "".
@@ -105,17 +57,8 @@ func TestDSNEnvelopeID(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	backend := &dsnServer{}
-	srv := gosmtp.NewServer(backend)
-	srv.Domain = "relay.example.test"
-	srv.EnableDSN = true
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	rcfg, err := transport.ParseRelayURL("smtp://" + ln.Addr().String() + "?tls=none")
+	srv := smtptest.StartServer(t, smtptest.Options{DiscardBodies: true}) // offers DSN
+	rcfg, err := transport.ParseRelayURL("smtp://" + srv.Addr + "?tls=none")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,36 +100,35 @@ func TestDSNEnvelopeID(t *testing.T) {
 	}
 
 	envIDs := map[int]string{} // by recipients in the transaction
-	backend.mu.Lock()
-	txs := slices.Clone(backend.txs)
-	backend.mu.Unlock()
-	if len(txs) != 2 {
-		t.Fatalf("server saw %d transactions, want 2 (one per domain)", len(txs))
+	msgs := srv.Messages()
+	if len(msgs) != 2 {
+		t.Fatalf("server saw %d transactions, want 2 (one per domain)", len(msgs))
 	}
-	for _, tx := range txs {
-		if tx.ret != "HDRS" {
-			t.Errorf("RET = %q, want HDRS", tx.ret)
+	for _, m := range msgs {
+		if m.Opts.Return != gosmtp.DSNReturnHeaders {
+			t.Errorf("RET = %q, want HDRS", m.Opts.Return)
 		}
-		for i, r := range tx.rcpts {
-			if want := []gosmtp.DSNNotify{"FAILURE", "DELAY"}; !slices.Equal(tx.notify[i], want) {
-				t.Errorf("RCPT %s NOTIFY = %v, want %v", r, tx.notify[i], want)
+		for i, r := range m.Rcpts {
+			o := m.RcptOpts[i]
+			if want := []gosmtp.DSNNotify{gosmtp.DSNNotifyFailure, gosmtp.DSNNotifyDelayed}; !slices.Equal(o.Notify, want) {
+				t.Errorf("RCPT %s NOTIFY = %v, want %v", r, o.Notify, want)
 			}
-			if tx.orcpts[i] != "RFC822;"+r && tx.orcpts[i] != "rfc822;"+r {
-				t.Errorf("RCPT %s ORCPT = %q, want rfc822;%s", r, tx.orcpts[i], r)
+			if o.OriginalRecipientType != gosmtp.DSNAddressTypeRFC822 || o.OriginalRecipient != r {
+				t.Errorf("RCPT %s ORCPT = %s;%s, want rfc822;%s", r, o.OriginalRecipientType, o.OriginalRecipient, r)
 			}
 		}
-		tag, err := signer.VerifyEnvelopeID(tx.envID)
+		tag, err := signer.VerifyEnvelopeID(m.Opts.EnvelopeID)
 		if err != nil {
-			t.Fatalf("ENVID %q: %v", tx.envID, err)
+			t.Fatalf("ENVID %q: %v", m.Opts.EnvelopeID, err)
 		}
 		want := returnpath.Tag{CampaignID: c.ID}
-		if len(tx.rcpts) == 1 {
-			want.ContactID = ids[tx.rcpts[0]]
+		if len(m.Rcpts) == 1 {
+			want.ContactID = ids[m.Rcpts[0]]
 		}
 		if tag != want {
-			t.Errorf("transaction to %v: ENVID says %+v, want %+v", tx.rcpts, tag, want)
+			t.Errorf("transaction to %v: ENVID says %+v, want %+v", m.Rcpts, tag, want)
 		}
-		envIDs[len(tx.rcpts)] = tx.envID
+		envIDs[len(m.Rcpts)] = m.Opts.EnvelopeID
 	}
 	campaignRP, err := signer.Address(base, c.ID, 0)
 	if err != nil {

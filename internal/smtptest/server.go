@@ -54,10 +54,12 @@ type Message struct {
 	From  string
 	Opts  gosmtp.MailOptions // MAIL parameters (SIZE, BODY, SMTPUTF8, RET, ENVID)
 	Rcpts []string           // accepted recipients, in order
-	Body  string             // as received after dot-unstuffing; "" with DiscardBodies
-	Size  int64              // octets of the body
-	TLS   bool               // the transaction ran over TLS
-	User  string             // the authenticated user; "" without AUTH
+	// RcptOpts are the RCPT parameters (NOTIFY, ORCPT) of each of Rcpts.
+	RcptOpts []gosmtp.RcptOptions
+	Body     string // as received after dot-unstuffing; "" with DiscardBodies
+	Size     int64  // octets of the body
+	TLS      bool   // the transaction ran over TLS
+	User     string // the authenticated user; "" without AUTH
 }
 
 // Server is an in-process go-smtp server for tests: a modern MTA's
@@ -237,13 +239,18 @@ func (ss *session) Mail(from string, opts *gosmtp.MailOptions) error {
 	return nil
 }
 
-func (ss *session) Rcpt(to string, _ *gosmtp.RcptOptions) error {
+func (ss *session) Rcpt(to string, opts *gosmtp.RcptOptions) error {
 	if ss.s.opts.RcptErr != nil {
 		if err := ss.s.opts.RcptErr(to); err != nil {
 			return err
 		}
 	}
 	ss.cur.Rcpts = append(ss.cur.Rcpts, to)
+	var o gosmtp.RcptOptions
+	if opts != nil {
+		o = *opts
+	}
+	ss.cur.RcptOpts = append(ss.cur.RcptOpts, o)
 	return nil
 }
 
@@ -263,6 +270,7 @@ func (ss *session) Data(r io.Reader) error {
 		m.Body, m.Size = string(b), int64(len(b))
 	}
 	m.Rcpts = append([]string(nil), m.Rcpts...)
+	m.RcptOpts = append([]gosmtp.RcptOptions(nil), m.RcptOpts...)
 	ss.s.mu.Lock()
 	ss.s.msgs = append(ss.s.msgs, m)
 	ss.s.mu.Unlock()
