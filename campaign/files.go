@@ -166,27 +166,36 @@ func copyFile(ctx context.Context, q Querier, campaignID int64, f File, path str
 		}
 	}()
 	h := sha256.New()
-	var chunk []byte
+	cw := &chunkWriter{w: io.MultiWriter(w, h)}
 	for off := int64(0); off < f.Size; off += fileChunk {
 		// substring() counts from 1.
 		err := q.QueryRow(ctx, `SELECT substring(content FROM $3 FOR $4) FROM campaign_files
-			WHERE campaign_id = $1 AND position = $2`, campaignID, f.Position, off+1, fileChunk).Scan(&chunk)
+			WHERE campaign_id = $1 AND position = $2`, campaignID, f.Position, off+1, fileChunk).Scan(cw)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("attachment %s of campaign %d: gone from the database", f.Name, campaignID)
 		}
 		if err != nil {
-			return fmt.Errorf("reading attachment %s of campaign %d: %w", f.Name, campaignID, err)
+			return fmt.Errorf("copying attachment %s of campaign %d: %w", f.Name, campaignID, err)
 		}
-		if len(chunk) == 0 {
+		if cw.n == 0 {
 			break
-		}
-		h.Write(chunk)
-		if _, err := w.Write(chunk); err != nil {
-			return fmt.Errorf("materializing attachment %s of campaign %d: %w", f.Name, campaignID, err)
 		}
 	}
 	if !bytes.Equal(h.Sum(nil), f.SHA256) {
 		return fmt.Errorf("attachment %s of campaign %d: content does not match its stored SHA-256", f.Name, campaignID)
 	}
 	return nil
+}
+
+// chunkWriter takes a bytea value straight from pgx's read buffer
+// (pgtype.BytesScanner) and writes it on, so no copy of a chunk is made.
+type chunkWriter struct {
+	w io.Writer
+	n int // bytes in the last chunk
+}
+
+func (c *chunkWriter) ScanBytes(src []byte) error {
+	c.n = len(src)
+	_, err := c.w.Write(src)
+	return err
 }

@@ -77,6 +77,9 @@ type compiled struct {
 	envFrom  string // bare From address, the envelope's reverse path
 	listName string
 	dir      string // the campaign's attachments, under spoolDir
+
+	ready chan struct{} // closed when the fields above are set, or err
+	err   error
 }
 
 // Timeout bounds one batch: up to 100 transactions on one connection.
@@ -158,56 +161,77 @@ func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatch
 	return w.record(ctx, b)
 }
 
-// campaign returns the campaign with its parsed templates, cached.
+// campaign returns the campaign with its parsed templates, cached. The
+// first batch of a campaign compiles it (reading it, copying its
+// attachments); its other batches wait for that rather than doing it too.
 func (w *sendWorker) campaign(ctx context.Context, id int64) (*compiled, error) {
 	w.mu.Lock()
 	cc := w.campaigns[id]
-	w.mu.Unlock()
-	if cc != nil {
-		return cc, nil
+	if cc == nil {
+		cc = &compiled{ready: make(chan struct{})}
+		w.campaigns[id] = cc
+		w.mu.Unlock()
+		cc.err = w.compile(ctx, id, cc)
+		if cc.err != nil {
+			w.mu.Lock()
+			delete(w.campaigns, id) // the next batch tries again
+			w.mu.Unlock()
+		}
+		close(cc.ready)
+	} else {
+		w.mu.Unlock()
+		select {
+		case <-cc.ready:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
+	if cc.err != nil {
+		return nil, cc.err
+	}
+	return cc, nil
+}
+
+// compile reads campaign id into cc: its row, its templates, and its
+// attachments copied into the spool directory.
+func (w *sendWorker) compile(ctx context.Context, id int64, cc *compiled) error {
 	c, err := campaign.Get(ctx, w.pool, id)
 	if errors.Is(err, campaign.ErrNotFound) {
-		return nil, river.JobCancel(err)
+		return river.JobCancel(err)
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	mc, err := c.Content(w.secrets)
 	if err != nil {
-		return nil, river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
+		return river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
 	}
-	cc = &compiled{c: c, listName: c.ListName, envFrom: c.From}
+	cc.c, cc.listName, cc.envFrom = c, c.ListName, c.From
 	if a, err := mail.ParseAddress(c.From); err == nil {
 		cc.envFrom = a.Address
 	}
 	if cc.dir, err = os.MkdirTemp(w.spoolDir, fmt.Sprintf("campaign-%d-", id)); err != nil {
-		return nil, fmt.Errorf("campaign %d: %w", id, err)
+		return fmt.Errorf("campaign %d: %w", id, err)
 	}
 	// Copied once per campaign and process, streamed into every message.
 	if mc.Files, err = campaign.Materialize(ctx, w.pool, id, cc.dir); err != nil {
 		os.RemoveAll(cc.dir)
-		return nil, err
+		return err
 	}
 	if cc.tmpl, err = message.Parse(mc, message.WithSpool(w.spoolDir, w.spoolOver)); err != nil {
 		os.RemoveAll(cc.dir)
-		return nil, river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
+		return river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if first := w.campaigns[id]; first != nil {
-		// Another batch of the campaign compiled it meanwhile: use theirs.
-		cc.close()
-		return first, nil
-	}
-	w.campaigns[id] = cc
-	return cc, nil
+	return nil
 }
 
 // close drops the campaign's shared messages and attachment copies.
 func (cc *compiled) close() {
-	cc.tmpl.Close()
-	os.RemoveAll(cc.dir)
+	<-cc.ready
+	if cc.err == nil {
+		cc.tmpl.Close()
+		os.RemoveAll(cc.dir)
+	}
 }
 
 // closeSpool drops every compiled campaign and removes the spool
