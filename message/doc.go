@@ -6,8 +6,10 @@
 //
 // Messages are written with emersion/go-message, streaming: template output
 // and attachments go through the transfer encoders straight to the writer.
-// A DKIM-signed message is spooled (memory, then a temporary file) because
-// its signature comes first but covers the whole message.
+// Build and Shared return a Body: in memory up to a threshold (WithSpool),
+// else in a temporary file that each transaction streams from; a
+// DKIM-signed message is spooled that way in any case, because its
+// signature comes first but covers the whole message.
 //
 // Standards followed:
 //   - RFC 5322: Internet Message Format (header fields, Message-ID, Date,
