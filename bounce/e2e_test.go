@@ -117,6 +117,12 @@ func newCampaign(t testing.TB, pool *pgxpool.Pool, personalized, perRecipient bo
 	if personalized {
 		n.Text = "Hello {{.Name}}\n"
 	}
+	return createAndStart(t, pool, n)
+}
+
+// createAndStart creates the campaign n and starts it.
+func createAndStart(t testing.TB, pool *pgxpool.Pool, n campaign.New) int64 {
+	t.Helper()
 	c, err := campaign.Create(context.Background(), pool, n)
 	if err != nil {
 		t.Fatal(err)
@@ -129,6 +135,29 @@ func newCampaign(t testing.TB, pool *pgxpool.Pool, personalized, perRecipient bo
 		t.Fatal(err)
 	}
 	return c.ID
+}
+
+// startWorker runs a worker with the bounce key, delivering to the
+// plaintext SMTP server at addr; stop it with Stop.
+func startWorker(t testing.TB, pool *pgxpool.Pool, addr string) *worker.Worker {
+	t.Helper()
+	rcfg, err := transport.ParseRelayURL("smtp://" + addr + "?tls=none")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := transport.NewRelay([]transport.RelayConfig{rcfg}, transport.RelayOptions{LocalName: "worker.blaster.test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := worker.New(worker.Config{Pool: pool, Transport: tr, FetchInterval: 50 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Secrets: campaign.Secrets{BounceKey: testKey}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return w
 }
 
 func waitDone(t *testing.T, pool *pgxpool.Pool, ids ...int64) {
@@ -196,22 +225,7 @@ func TestEndToEnd(t *testing.T) {
 	}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
-	rcfg, err := transport.ParseRelayURL("smtp://" + ln.Addr().String() + "?tls=none")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := transport.NewRelay([]transport.RelayConfig{rcfg}, transport.RelayOptions{LocalName: "worker.blaster.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := worker.New(worker.Config{Pool: pool, Transport: tr, FetchInterval: 50 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Secrets: campaign.Secrets{BounceKey: testKey}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w := startWorker(t, pool, ln.Addr().String())
 	pers := newCampaign(t, pool, true, false)
 	shared := newCampaign(t, pool, false, false)
 	// Same for all, but asking for a return path per recipient.

@@ -3,8 +3,6 @@ package bounce_test
 import (
 	"context"
 	"fmt"
-	"io"
-	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -16,8 +14,6 @@ import (
 	"github.com/blaster-mail/blaster/internal/dbtest"
 	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/returnpath"
-	"github.com/blaster-mail/blaster/transport"
-	"github.com/blaster-mail/blaster/worker"
 )
 
 // hardDSN is a minimal RFC 3464 report sent to to, about finalRcpt, with
@@ -58,41 +54,16 @@ func TestDSNEnvelopeID(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := smtptest.StartServer(t, smtptest.Options{DiscardBodies: true}) // offers DSN
-	rcfg, err := transport.ParseRelayURL("smtp://" + srv.Addr + "?tls=none")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr, err := transport.NewRelay([]transport.RelayConfig{rcfg}, transport.RelayOptions{LocalName: "worker.blaster.test"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := worker.New(worker.Config{Pool: pool, Transport: tr, FetchInterval: 50 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Secrets: campaign.Secrets{BounceKey: testKey}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
+	w := startWorker(t, pool, srv.Addr)
 	dsnSettings, err := campaign.ParseDSN("failure,delay", "hdrs")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := campaign.Create(ctx, pool, campaign.New{Name: "dsn", List: "news", From: "News <news@sender.example.test>",
+	id := createAndStart(t, pool, campaign.New{Name: "dsn", List: "news", From: "News <news@sender.example.test>",
 		Subject: "Weekly news", Text: "Hello all\n",
 		Settings: campaign.Settings{ReturnPath: &campaign.ReturnPath{Address: base}, DSN: dsnSettings},
 		Secrets:  campaign.Secrets{BounceKey: testKey}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := worker.InsertClient(pool)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := campaign.Start(ctx, pool, rc, c.ID); err != nil {
-		t.Fatal(err)
-	}
-	waitDone(t, pool, c.ID)
+	waitDone(t, pool, id)
 	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	if err := w.Stop(stopCtx); err != nil {
@@ -121,7 +92,7 @@ func TestDSNEnvelopeID(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ENVID %q: %v", m.Opts.EnvelopeID, err)
 		}
-		want := returnpath.Tag{CampaignID: c.ID}
+		want := returnpath.Tag{CampaignID: id}
 		if len(m.Rcpts) == 1 {
 			want.ContactID = ids[m.Rcpts[0]]
 		}
@@ -130,7 +101,7 @@ func TestDSNEnvelopeID(t *testing.T) {
 		}
 		envIDs[len(m.Rcpts)] = m.Opts.EnvelopeID
 	}
-	campaignRP, err := signer.Address(base, c.ID, 0)
+	campaignRP, err := signer.Address(base, id, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +110,7 @@ func TestDSNEnvelopeID(t *testing.T) {
 	state := func(email string) string {
 		var s string
 		if err := pool.QueryRow(ctx, "SELECT state FROM deliveries WHERE campaign_id = $1 AND contact_id = $2",
-			c.ID, ids[email]).Scan(&s); err != nil {
+			id, ids[email]).Scan(&s); err != nil {
 			t.Fatal(err)
 		}
 		return s
@@ -170,7 +141,7 @@ func TestDSNEnvelopeID(t *testing.T) {
 		t.Errorf("user00 is %s, want sent", s)
 	}
 	// A forged envelope id (another contact, no valid MAC) counts nothing.
-	forged := fmt.Sprintf("blaster.%d.%d.aaaaaaaaaaaaaaaa", c.ID, ids["user00@alpha.example.test"])
+	forged := fmt.Sprintf("blaster.%d.%d.aaaaaaaaaaaaaaaa", id, ids["user00@alpha.example.test"])
 	res, err = p.Process(ctx, hardDSN("news@sender.example.test", "4@mx.elsewhere.example.test", forged,
 		"user00@alpha.example.test", "user00@alpha.example.test"), nil, "test")
 	if err != nil || res.Ignored == "" {

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"strings"
+	"unicode"
 
 	"github.com/blaster-mail/blaster/returnpath"
 	"github.com/blaster-mail/blaster/smtp"
@@ -36,20 +37,11 @@ func (w *sendWorker) envelope(b *batch, rcpts []recipient) *smtp.Envelope {
 	}
 	for i, r := range rcpts {
 		env.Rcpts[i] = smtp.Recipient{Addr: r.email, Notify: notify}
-		if isASCII(r.email) {
+		if strings.IndexFunc(r.email, func(c rune) bool { return c > unicode.MaxASCII }) < 0 {
 			// An rfc822 ORCPT is ASCII; a UTF-8 address would need RFC
 			// 6533's utf-8 type, which few servers take.
 			env.Rcpts[i].ORcpt = r.email
 		}
 	}
 	return env
-}
-
-func isASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] >= 0x80 {
-			return false
-		}
-	}
-	return true
 }
