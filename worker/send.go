@@ -80,6 +80,9 @@ type compiled struct {
 
 	ready chan struct{} // closed when the fields above are set, or err
 	err   error
+
+	users   int  // batches using it; guarded by sendWorker.mu
+	evicted bool // no longer cached: closed by its last user
 }
 
 // Timeout bounds one batch: up to 100 transactions on one connection.
@@ -101,6 +104,7 @@ func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatch
 	if err != nil {
 		return err
 	}
+	defer w.release(cc)
 	var state campaign.State
 	var domain string
 	err = w.pool.QueryRow(ctx, `
@@ -164,32 +168,84 @@ func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatch
 // campaign returns the campaign with its parsed templates, cached. The
 // first batch of a campaign compiles it (reading it, copying its
 // attachments); its other batches wait for that rather than doing it too.
+// The caller must release it.
 func (w *sendWorker) campaign(ctx context.Context, id int64) (*compiled, error) {
 	w.mu.Lock()
 	cc := w.campaigns[id]
 	if cc == nil {
-		cc = &compiled{ready: make(chan struct{})}
+		cc = &compiled{ready: make(chan struct{}), users: 1}
 		w.campaigns[id] = cc
 		w.mu.Unlock()
 		cc.err = w.compile(ctx, id, cc)
 		if cc.err != nil {
 			w.mu.Lock()
-			delete(w.campaigns, id) // the next batch tries again
+			if w.campaigns[id] == cc {
+				delete(w.campaigns, id) // the next batch tries again
+			}
 			w.mu.Unlock()
 		}
 		close(cc.ready)
 	} else {
+		cc.users++
 		w.mu.Unlock()
 		select {
 		case <-cc.ready:
 		case <-ctx.Done():
+			w.release(cc)
 			return nil, ctx.Err()
 		}
 	}
 	if cc.err != nil {
+		w.release(cc)
 		return nil, cc.err
 	}
 	return cc, nil
+}
+
+// release ends a batch's use of cc; an evicted campaign's files go with
+// its last user.
+func (w *sendWorker) release(cc *compiled) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if cc.users--; cc.users == 0 && cc.evicted {
+		cc.close()
+	}
+}
+
+// forgetFinished drops the cached campaigns that are done (their spool
+// copies with them, once no batch uses them): a long-running worker keeps
+// only what it may still send. A campaign retried later is compiled again.
+func (w *sendWorker) forgetFinished(ctx context.Context) error {
+	w.mu.Lock()
+	ids := make([]int64, 0, len(w.campaigns))
+	for id := range w.campaigns {
+		ids = append(ids, id)
+	}
+	w.mu.Unlock()
+	if len(ids) == 0 {
+		return nil
+	}
+	rows, err := w.pool.Query(ctx, `SELECT id FROM campaigns WHERE id = ANY($1) AND state = 'done'`, ids)
+	if err != nil {
+		return fmt.Errorf("reading finished campaigns: %w", err)
+	}
+	done, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return fmt.Errorf("reading finished campaigns: %w", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, id := range done {
+		cc := w.campaigns[id]
+		if cc == nil {
+			continue
+		}
+		delete(w.campaigns, id)
+		if cc.evicted = true; cc.users == 0 {
+			cc.close()
+		}
+	}
+	return nil
 }
 
 // compile reads campaign id into cc: its row, its templates, and its

@@ -198,6 +198,9 @@ func (w *Worker) sweep(ctx context.Context) {
 			} else if n > 0 {
 				w.cfg.Logger.Info("closed finished campaigns", "count", n)
 			}
+			if err := w.send.forgetFinished(ctx); err != nil && ctx.Err() == nil {
+				w.cfg.Logger.Warn("dropping finished campaigns' spool files", "err", err)
+			}
 		}
 	}
 }

@@ -138,6 +138,10 @@ func runSend(ctx context.Context, a *app, sf *sendFlags) error {
 		return errors.New("no recipients: give --to, --file or --list")
 	}
 
+	dsn, err := sf.dsn.parse()
+	if err != nil {
+		return err
+	}
 	pool, err := a.db(ctx)
 	if err != nil {
 		return err
@@ -148,10 +152,7 @@ func runSend(ctx context.Context, a *app, sf *sendFlags) error {
 		name = "alert " + now.Format(time.RFC3339)
 	}
 	n := campaign.New{Name: name, Kind: campaign.Alert, From: sf.from, Subject: sf.subject, Text: text, HTML: html,
-		Attachments: sf.attach}
-	if n.Settings.DSN, err = sf.dsn.parse(); err != nil {
-		return err
-	}
+		Attachments: sf.attach, Settings: campaign.Settings{DSN: dsn}}
 	if n.Secrets.BounceKey, err = loadBounceKey(sf.returnPath, sf.bounceKeyFile); err != nil {
 		return err
 	}

@@ -1,0 +1,78 @@
+package worker
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/internal/dbtest"
+)
+
+// TestForgetFinished: a done campaign's cached templates and attachment
+// copies are dropped by the sweep, but only when the last batch using them
+// has let go; a running campaign's stay.
+func TestForgetFinished(t *testing.T) {
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	if _, err := pool.Exec(ctx, `INSERT INTO lists (name) VALUES ('news')`); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "a.txt")
+	if err := os.WriteFile(file, []byte("attached"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var ids []int64
+	for range 2 {
+		c, err := campaign.Create(ctx, pool, campaign.New{Name: "n", List: "news", From: "a@sender.example.test",
+			Subject: "s", Text: "t", Attachments: []string{file}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, c.ID)
+	}
+	w := &sendWorker{pool: pool, spoolDir: t.TempDir(), spoolOver: 1 << 20, campaigns: map[int64]*compiled{}}
+	done, err := w.campaign(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, err := w.campaign(ctx, ids[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.release(running)
+	copied := filepath.Join(done.dir, "0", "a.txt")
+	if b, err := os.ReadFile(copied); err != nil || string(b) != "attached" {
+		t.Fatalf("attachment copy %s: %q, %v", copied, b, err)
+	}
+	if _, err := pool.Exec(ctx, `UPDATE campaigns SET state = 'done' WHERE id = $1`, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.forgetFinished(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(copied); err != nil {
+		t.Fatalf("copy removed while a batch still used it: %v", err)
+	}
+	w.release(done)
+	if _, err := os.Stat(done.dir); !os.IsNotExist(err) {
+		t.Errorf("done campaign's spool copies still there after its last batch: %v", err)
+	}
+	if _, err := os.Stat(running.dir); err != nil {
+		t.Errorf("running campaign's spool copies removed: %v", err)
+	}
+	w.mu.Lock()
+	_, cachedDone := w.campaigns[ids[0]]
+	_, cachedRunning := w.campaigns[ids[1]]
+	w.mu.Unlock()
+	if cachedDone || !cachedRunning {
+		t.Errorf("cached after the sweep: done %v, running %v; want false, true", cachedDone, cachedRunning)
+	}
+	if err := w.closeSpool(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(w.spoolDir); !os.IsNotExist(err) {
+		t.Errorf("spool directory left after closeSpool: %v", err)
+	}
+}
