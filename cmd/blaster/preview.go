@@ -54,10 +54,20 @@ as they are for each message sent. Nothing is written to the database.`,
 			if err != nil {
 				return fmt.Errorf("campaign %d: %w", id, err)
 			}
+			// The attachments, from the database, as a worker gets them.
+			dir, err := os.MkdirTemp("", "blaster-preview-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			if mc.Files, err = campaign.Materialize(ctx, pool, id, dir); err != nil {
+				return err
+			}
 			tmpl, err := message.Parse(mc)
 			if err != nil {
 				return fmt.Errorf("campaign %d: %w", id, err)
 			}
+			defer tmpl.Close()
 			d, sample, err := previewContact(ctx, pool, c, email)
 			if err != nil {
 				return err
@@ -73,7 +83,8 @@ as they are for each message sent. Nothing is written to the database.`,
 				if err != nil {
 					return fmt.Errorf("campaign %d: building the message: %w", id, err)
 				}
-				_, err = a.stdout.Write(b)
+				defer b.Release()
+				_, err = b.WriteTo(a.stdout)
 				return err
 			}
 			if err := tmpl.Render(a.stdout, d.Email, d); err != nil {

@@ -151,8 +151,12 @@ func TestCampaignPreviewSameForAll(t *testing.T) {
 	if err := os.WriteFile(text, []byte("News for all.\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	attach := filepath.Join(t.TempDir(), "prices.csv")
+	if err := os.WriteFile(attach, []byte("item,price\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	out, stderr, err := runContactCLI(t, url, "", "campaign", "create", "--name", "n", "--list", "Weekly news", "--text", text,
-		"--from", "news@example.test", "--subject", "Our news", "--unsubscribe-mailto", "leave@example.test")
+		"--from", "news@example.test", "--subject", "Our news", "--unsubscribe-mailto", "leave@example.test", "--attach", attach)
 	if err != nil {
 		t.Fatalf("%v\n%s", err, stderr)
 	}
@@ -172,5 +176,8 @@ func TestCampaignPreviewSameForAll(t *testing.T) {
 	}
 	if lu := r.Header.Get("List-Unsubscribe"); !strings.Contains(lu, "mailto:leave@example.test") {
 		t.Errorf("List-Unsubscribe %q", lu)
+	}
+	if !strings.Contains(msg, "filename=prices.csv") || !strings.Contains(msg, "aXRlbSxwcmljZQo=") { // base64 of the file
+		t.Errorf("the preview lacks the stored attachment:\n%s", msg)
 	}
 }
