@@ -304,37 +304,41 @@ func TestPauseStopsNewTransactions(t *testing.T) {
 	exactlyOnce(t, srv.Received(), emails, nil)
 }
 
-// TestPauseResumeManyTimes pauses and resumes a running campaign 20 times,
-// each time mid-run, and finds every recipient sent exactly once.
+// TestPauseResumeManyTimes pauses and resumes a running campaign 100
+// times, each time mid-run, and finds every recipient sent exactly once.
 func TestPauseResumeManyTimes(t *testing.T) {
 	pool := dbtest.Pool(t)
 	ctx := context.Background()
-	emails := seedList(t, pool, "news", 300)
+	emails := seedList(t, pool, "news", 990)
 	srv := newSink(t)
 	g := newGate(relayTransport(t, srv.Addr()))
 	runWorker(t, pool, g)
-	id := startCampaign(t, pool, "news", 2) // 150 batches
+	id := startCampaign(t, pool, "news", 2) // 495 batches: 4 transactions a round
 
-	for i := range 20 {
+	for i := range 100 {
 		g.allow(2)
 		g.blocked(t)
 		if err := campaign.Pause(ctx, pool, id); err != nil {
 			t.Fatalf("pause %d: %v", i+1, err)
 		}
 		g.allow(2) // let the batches in flight finish
-		idle(t, pool)
+		if i%10 == 9 {
+			// Every tenth round stays paused until nothing runs; the
+			// others resume at once, racing the runs that saw the pause.
+			idle(t, pool)
+		}
 		if err := campaign.Resume(ctx, pool, id); err != nil {
 			t.Fatalf("resume %d: %v", i+1, err)
 		}
 	}
 	g.allow(100000)
 	st := waitDone(t, pool, id)
-	if st.Sent != 300 || st.Pending() != 0 {
-		t.Fatalf("status = %+v, want 300 sent", st)
+	if st.Sent != 990 || st.Pending() != 0 {
+		t.Fatalf("status = %+v, want 990 sent", st)
 	}
 	exactlyOnce(t, srv.Received(), emails, nil)
-	if m := srv.Stats().Messages; m != 150 {
-		t.Errorf("server saw %d transactions, want 150 (one per batch)", m)
+	if m := srv.Stats().Messages; m != 495 {
+		t.Errorf("server saw %d transactions, want 495 (one per batch)", m)
 	}
 }
 

@@ -24,8 +24,9 @@ type Settings struct {
 	// not resent.
 	AtLeastOnce bool `json:"at_least_once,omitempty"`
 	// RetrySchedule is the wait before each retry of a deferred recipient:
-	// the n-th retry waits RetrySchedule[n-1], the last entry repeating.
-	// Default DefaultRetrySchedule.
+	// the n-th retry waits RetrySchedule[n-1] (give or take RetryJitter),
+	// the last entry repeating. Default DefaultRetrySchedule; entries may
+	// be seconds ("5s"), for tests.
 	RetrySchedule []Duration `json:"retry_schedule,omitempty"`
 	// MaxAge is how long after the campaign started a deferred recipient
 	// is still retried before it is expired. Default 72h.
@@ -121,6 +122,14 @@ var DefaultRetrySchedule = []Duration{
 	Duration(time.Minute), Duration(5 * time.Minute), Duration(15 * time.Minute),
 	Duration(30 * time.Minute), Duration(time.Hour), Duration(2 * time.Hour), Duration(4 * time.Hour),
 }
+
+// RetryJitter is the spread of retry waits: each run of a batch draws one
+// factor uniformly from [1-RetryJitter, 1+RetryJitter] and applies it to
+// the waits of the recipients it defers, so the batches deferred by one
+// outage (a destination answering 421 to all) do not all come back in the
+// same second. One factor per run, not per recipient, keeps a batch's
+// deferred recipients due together, in one job run.
+const RetryJitter = 0.2
 
 // DefaultMaxAge is the age after which deferred recipients expire, the
 // common MTA queue lifetime (Postfix's maximal_queue_lifetime is 5d; 3d is

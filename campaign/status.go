@@ -22,22 +22,27 @@ const (
 // Status is a campaign's progress: its state and a count for every
 // delivery state. Its JSON field names are a stable interface.
 type Status struct {
-	ID         int64      `json:"id"`
-	Name       string     `json:"name"`
-	Kind       Kind       `json:"kind"`
-	State      State      `json:"state"`
-	Total      int        `json:"total"`
-	Queued     int        `json:"queued"`
-	Sending    int        `json:"sending"`
-	Sent       int        `json:"sent"`
-	Deferred   int        `json:"deferred"`
-	Bounced    int        `json:"bounced"`
-	Expired    int        `json:"expired"`
-	Suppressed int        `json:"suppressed"`
-	Unknown    int        `json:"unknown"`
-	Cancelled  int        `json:"cancelled"`
-	StartedAt  *time.Time `json:"started_at,omitempty"`
-	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	ID         int64  `json:"id"`
+	Name       string `json:"name"`
+	Kind       Kind   `json:"kind"`
+	State      State  `json:"state"`
+	Total      int    `json:"total"`
+	Queued     int    `json:"queued"`
+	Sending    int    `json:"sending"`
+	Sent       int    `json:"sent"`
+	Deferred   int    `json:"deferred"`
+	Bounced    int    `json:"bounced"`
+	Expired    int    `json:"expired"`
+	Suppressed int    `json:"suppressed"`
+	Unknown    int    `json:"unknown"`
+	Cancelled  int    `json:"cancelled"`
+	// MaybeDuplicated counts sent recipients with an earlier attempt whose
+	// outcome was unknown (a lost reply, a worker killed mid-transaction)
+	// that was sent again under at-least-once: the server may have accepted
+	// them twice. Always 0 under at-most-once.
+	MaybeDuplicated int        `json:"maybe_duplicated"`
+	StartedAt       *time.Time `json:"started_at,omitempty"`
+	FinishedAt      *time.Time `json:"finished_at,omitempty"`
 }
 
 // Pending is the number of recipients still to be attempted or retried.
@@ -51,7 +56,9 @@ func GetStatus(ctx context.Context, q Querier, id int64) (*Status, error) {
 	}
 	s := &Status{ID: c.ID, Name: c.Name, Kind: c.Kind, State: c.State, Total: c.Total,
 		StartedAt: c.StartedAt, FinishedAt: c.FinishedAt}
-	rows, err := q.Query(ctx, `SELECT state, count(*) FROM deliveries WHERE campaign_id = $1 GROUP BY state`, id)
+	rows, err := q.Query(ctx, `
+		SELECT state, count(*), count(*) FILTER (WHERE ambiguous > 0)
+		FROM deliveries WHERE campaign_id = $1 GROUP BY state`, id)
 	if err != nil {
 		return nil, fmt.Errorf("counting deliveries of campaign %d: %w", id, err)
 	}
@@ -63,12 +70,15 @@ func GetStatus(ctx context.Context, q Querier, id int64) (*Status, error) {
 	}
 	for rows.Next() {
 		var state string
-		var n int
-		if err := rows.Scan(&state, &n); err != nil {
+		var n, ambiguous int
+		if err := rows.Scan(&state, &n, &ambiguous); err != nil {
 			return nil, fmt.Errorf("counting deliveries of campaign %d: %w", id, err)
 		}
 		if p, ok := counts[state]; ok {
 			*p = n
+		}
+		if state == StateSent {
+			s.MaybeDuplicated = ambiguous
 		}
 	}
 	if err := rows.Err(); err != nil {

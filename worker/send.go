@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -12,8 +13,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/riverqueue/river"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
-	"github.com/riverqueue/river/rivertype"
 
 	"github.com/blaster-mail/blaster/campaign"
 	"github.com/blaster-mail/blaster/message"
@@ -46,8 +45,10 @@ type Throttle interface {
 	AcquireConn(ctx context.Context, key throttle.Key) (release func(), retryAfter time.Duration, err error)
 }
 
-// sendWorker delivers one batch: claim its recipients, talk SMTP, record
-// every recipient's outcome and complete the job in one transaction.
+// sendWorker delivers one batch: read its due recipients, mark a chunk of
+// them sending just before their SMTP transactions, write the chunk's
+// outcomes together with marking the next chunk, and record the last
+// outcomes and complete the job in one transaction (see ledger.go).
 type sendWorker struct {
 	river.WorkerDefaults[campaign.SendBatchArgs]
 
@@ -57,7 +58,10 @@ type sendWorker struct {
 	logger    *slog.Logger
 	now       func() time.Time
 	timeout   time.Duration
+	budget    time.Duration // no transaction starts after this much of a run
+	flush     time.Duration // how long a personalized chunk aims to last
 	pauseWait time.Duration
+	dbRetry   time.Duration // how long ledger writes are retried through a lost database
 	secrets   campaign.Secrets
 	metrics   Metrics // nil: none
 
@@ -68,7 +72,9 @@ type sendWorker struct {
 	campaigns map[int64]*compiled // a started campaign's content never changes
 }
 
-// Timeout bounds one batch: up to 100 transactions on one connection.
+// Timeout bounds one run of a batch. A run stops starting transactions
+// after its budget (half the timeout by default) and snoozes for the rest,
+// so the timeout is only reached by a transaction that hangs.
 func (w *sendWorker) Timeout(*river.Job[campaign.SendBatchArgs]) time.Duration { return w.timeout }
 
 // NextRetry is used only when a job fails outside SMTP (the database went
@@ -119,7 +125,10 @@ func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatch
 	log := w.logger.With("campaign", args.CampaignID, "batch", args.BatchNo, "domain", domain,
 		"route", w.transport.Route(domain))
 	b := &batch{job: job, cc: cc, domain: domain, log: log,
-		key: throttle.Key{Route: w.transport.Route(domain), Domain: domain, Campaign: cc.c.ID, Alert: cc.c.Kind == campaign.Alert}}
+		key:      throttle.Key{Route: w.transport.Route(domain), Domain: domain, Campaign: cc.c.ID, Alert: cc.c.Kind == campaign.Alert},
+		deadline: w.now().Add(w.budget),
+		jitter:   1 + campaign.RetryJitter*(2*rand.Float64()-1),
+	}
 
 	// The batch's connection slot comes first: a batch of a suspended scope,
 	// or one whose connections are all taken, is snoozed before it claims
@@ -141,8 +150,8 @@ func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatch
 	if len(rcpts) > 0 {
 		if snooze, err := w.deliver(ctx, b, rcpts); err != nil {
 			return err
-		} else if snooze > 0 {
-			return river.JobSnooze(snooze)
+		} else if snooze != nil {
+			return river.JobSnooze(*snooze)
 		}
 	}
 	return w.record(ctx, b)
@@ -155,6 +164,10 @@ type batch struct {
 	domain   string
 	key      throttle.Key
 	log      *slog.Logger
+	deadline time.Time // no transaction starts after it: the run's budget
+	jitter   float64   // factor on this run's retry waits, drawn once per run
+	// outcomes are the results not yet written: those of the current
+	// chunk, whose rows are sending.
 	outcomes []outcome
 }
 
@@ -174,52 +187,7 @@ type outcome struct {
 	reply     *smtp.Reply // nil for a connection error
 	errText   string      // the error, when there is no reply
 	next      *time.Time  // next attempt, for deferred
-}
-
-// claim marks the batch's due recipients sending (committed before any SMTP
-// is spoken) and returns them with their contact data.
-//
-// Rows found already sending were claimed by an attempt that died (the
-// worker was killed) and may have been delivered: under at-least-once they
-// are sent again, under at-most-once they become unknown.
-func (w *sendWorker) claim(ctx context.Context, b *batch) ([]recipient, error) {
-	args := b.job.Args
-	orphanState := campaign.StateUnknown
-	if b.cc.c.Settings.AtLeastOnce {
-		orphanState = campaign.StateSending
-	}
-	if b.job.Attempt > 1 || len(b.job.Errors) > 0 {
-		_, err := w.pool.Exec(ctx, `
-			UPDATE deliveries SET state = $3, updated_at = now(),
-			       last_text = 'worker stopped during the attempt; outcome unknown'
-			WHERE campaign_id = $1 AND batch_no = $2 AND state = 'sending' AND $3 = 'unknown'`,
-			args.CampaignID, args.BatchNo, orphanState)
-		if err != nil {
-			return nil, fmt.Errorf("recovering campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
-		}
-	}
-	rows, err := w.pool.Query(ctx, `
-		UPDATE deliveries d SET state = 'sending', attempts = d.attempts + 1, updated_at = now()
-		FROM contacts c
-		WHERE d.campaign_id = $1 AND d.batch_no = $2 AND c.id = d.contact_id
-		  AND (d.state = 'queued' OR d.state = 'sending'
-		       OR (d.state = 'deferred' AND d.next_attempt_at <= now()))
-		RETURNING d.contact_id, d.email, c.name, c.attrs, d.attempts`,
-		args.CampaignID, args.BatchNo)
-	if err != nil {
-		return nil, fmt.Errorf("claiming campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
-	}
-	rcpts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (recipient, error) {
-		var r recipient
-		var attrs map[string]any
-		err := row.Scan(&r.contactID, &r.email, &r.name, &attrs, &r.attempts)
-		r.attrs = stringAttrs(attrs)
-		return r, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("claiming campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
-	}
-	return rcpts, nil
+	ambiguous bool        // the reply to the final "." was lost
 }
 
 func stringAttrs(m map[string]any) map[string]string {
@@ -234,96 +202,193 @@ func stringAttrs(m map[string]any) map[string]string {
 	return out
 }
 
-// deliver sends to rcpts over one session and appends an outcome for each
-// to b.outcomes. A snooze > 0 means the throttle refused: the recipients not
-// yet attempted were put back to queued and the job should be snoozed.
-func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (snooze time.Duration, err error) {
+// deliver sends to rcpts over one session, chunk by chunk (see mark), and
+// leaves the outcomes of the last chunk in b.outcomes for record. A
+// non-nil snooze means the run stopped early (the campaign was paused or
+// cancelled, the throttle refused, the run's budget was spent): what was
+// done is written, the recipients not attempted are queued again, and the
+// job should be snoozed for *snooze.
+func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (snooze *time.Duration, err error) {
 	sess, err := w.transport.Session(ctx, b.domain)
 	if err != nil && ctx.Err() != nil {
-		// Stopping, not failing: nothing was attempted.
-		return w.putBack(ctx, b, rcpts, 0, ctx.Err())
+		// Stopping, not failing: nothing was marked or attempted.
+		return nil, ctx.Err()
 	}
 	if err != nil {
 		if w.throttle != nil {
 			w.throttle.Observe(b.key, err)
 		}
 		b.log.Warn("no session", "err", err)
-		w.failAll(b, rcpts, err)
-		return 0, nil
+		return w.failRest(ctx, b, nil, rcpts, err)
 	}
 	var lastErr error
 	defer func() { sess.Release(lastErr) }()
+	// reconnect replaces a session that broke (a dropped connection, a 421)
+	// with a new one, at most maxReconnects times a run: one bad connection
+	// does not defer the rest of the batch for a retry interval, and a
+	// route that keeps failing does.
+	reconnects := 0
+	reconnect := func() bool {
+		if reconnects == maxReconnects || ctx.Err() != nil {
+			return false
+		}
+		reconnects++
+		next, err := w.transport.Session(ctx, b.domain)
+		if err != nil {
+			if w.throttle != nil {
+				w.throttle.Observe(b.key, err)
+			}
+			return false
+		}
+		sess.Release(lastErr)
+		sess, lastErr = next, nil
+		return true
+	}
 
-	if b.cc.tmpl.Personalized() {
-		checked := w.now()
-		for i, r := range rcpts {
-			// A pause or cancel takes hold between transactions, not only
-			// between batches: the state is read again every pauseWait.
-			if w.now().Sub(checked) >= w.pauseWait {
-				checked = w.now()
-				if running, err := w.stillRunning(ctx, b.cc.c.ID); err != nil || !running {
-					return w.putBack(ctx, b, rcpts[i:], w.pauseWait, err)
+	// A transaction is one recipient (personalized content, or a return
+	// path per recipient) or up to size recipients with one shared body.
+	var shared *message.Body
+	size := 1
+	if !b.cc.tmpl.Personalized() {
+		// Same for all: built (and signed) once per campaign, not per batch.
+		if shared, err = b.cc.tmpl.Shared(groupName(b.cc.listName)); err != nil {
+			return w.failRest(ctx, b, nil, rcpts, err)
+		}
+		defer shared.Release()
+		size = len(rcpts)
+		if w.throttle != nil {
+			if m := w.throttle.Limits(b.key).MaxRcpts; m > 0 {
+				size = m
+			}
+		}
+		if b.cc.perRecipientReturnPath() {
+			size = 1 // one return path per recipient: one transaction each
+		}
+	}
+	// A chunk is one multi-recipient transaction, or as many one-recipient
+	// transactions as last about w.flush: its recipients are marked
+	// sending just before it, together with writing the outcomes of the
+	// chunk before (mark).
+	k := firstChunk
+	for i := 0; i < len(rcpts); {
+		if stop, wait := w.mustStop(ctx, b, i); stop {
+			return w.stopEarly(ctx, b, nil, wait, ctx.Err())
+		}
+		n := min(k, len(rcpts)-i)
+		if size > 1 {
+			n = min(size, len(rcpts)-i)
+			// The throttle first: nobody waits for it in the window.
+			if wait, err := w.acquire(ctx, b, n); err != nil || wait > 0 {
+				return w.stopEarly(ctx, b, nil, wait, err)
+			}
+		}
+		began := w.now()
+		chunk, running, err := w.mark(ctx, b, rcpts[i:i+n])
+		if err != nil {
+			return nil, err
+		}
+		i += n
+		if !running {
+			return w.stopEarly(ctx, b, nil, w.pauseWait, nil)
+		}
+		for j := 0; j < len(chunk); j += size {
+			part := chunk[j:min(j+size, len(chunk))]
+			if size == 1 {
+				if wait, err := w.acquire(ctx, b, 1); err != nil || wait > 0 {
+					return w.stopEarly(ctx, b, chunk[j:], wait, err)
 				}
 			}
-			if wait, err := w.acquire(ctx, b, 1); err != nil || wait > 0 {
-				return w.putBack(ctx, b, rcpts[i:], wait, err)
+			msg := shared
+			if shared == nil {
+				r := part[0]
+				data := &message.Data{Email: r.email, Name: r.name, Attrs: r.attrs,
+					CampaignID: b.cc.c.ID, ContactID: r.contactID}
+				// In memory up to the spool threshold, else in a file.
+				body, err := b.cc.tmpl.Build(r.email, data)
+				if err != nil {
+					b.outcomes = append(b.outcomes, outcome{contactID: r.contactID, state: campaign.StateBounced, errText: err.Error()})
+					continue
+				}
+				msg = body
 			}
-			data := &message.Data{Email: r.email, Name: r.name, Attrs: r.attrs,
-				CampaignID: b.cc.c.ID, ContactID: r.contactID}
-			// In memory up to the spool threshold, else in a file.
-			body, err := b.cc.tmpl.Build(r.email, data)
-			if err != nil {
-				b.outcomes = append(b.outcomes, outcome{contactID: r.contactID, state: campaign.StateBounced, errText: err.Error()})
-				continue
+			lastErr = w.transact(ctx, b, sess, part, msg)
+			if shared == nil {
+				msg.Release()
 			}
-			lastErr = w.transact(ctx, b, sess, rcpts[i:i+1], body)
-			body.Release()
-			if lastErr != nil && brokenSession(lastErr) {
-				w.failAll(b, rcpts[i+1:], lastErr)
-				return 0, nil
+			if lastErr != nil && brokenSession(lastErr) && !reconnect() {
+				return w.failRest(ctx, b, chunk[j+len(part):], rcpts[i:], lastErr)
 			}
 		}
-		return 0, nil
-	}
-
-	// Same for all: built (and signed) once per campaign, not per batch.
-	body, err := b.cc.tmpl.Shared(groupName(b.cc.listName))
-	if err != nil {
-		w.failAll(b, rcpts, err)
-		return 0, nil
-	}
-	defer body.Release()
-	size := len(rcpts)
-	if w.throttle != nil {
-		if m := w.throttle.Limits(b.key).MaxRcpts; m > 0 {
-			size = m
+		if size == 1 {
+			k = nextChunk(n, w.now().Sub(began), w.flush)
 		}
 	}
-	if b.cc.perRecipientReturnPath() {
-		size = 1 // one return path per recipient: one transaction each
-	}
-	for i := 0; i < len(rcpts); i += size {
-		chunk := rcpts[i:min(i+size, len(rcpts))]
-		if wait, err := w.acquire(ctx, b, len(chunk)); err != nil || wait > 0 {
-			return w.putBack(ctx, b, rcpts[i:], wait, err)
-		}
-		lastErr = w.transact(ctx, b, sess, chunk, body)
-		if lastErr != nil && brokenSession(lastErr) {
-			w.failAll(b, rcpts[i+len(chunk):], lastErr)
-			return 0, nil
-		}
-	}
-	return 0, nil
+	return nil, nil
 }
 
-// stillRunning reports whether the campaign is still running (not paused
-// or cancelled).
-func (w *sendWorker) stillRunning(ctx context.Context, id int64) (bool, error) {
-	var state campaign.State
-	if err := w.pool.QueryRow(ctx, "SELECT state FROM campaigns WHERE id = $1", id).Scan(&state); err != nil {
-		return false, fmt.Errorf("reading state of campaign %d: %w", id, err)
+// maxReconnects is how many times a run replaces a broken session.
+const maxReconnects = 3
+
+// firstChunk is how many recipients the first chunk of one-recipient
+// transactions marks; later chunks are sized by nextChunk.
+const firstChunk = 4
+
+// maxChunk bounds a chunk of one-recipient transactions: the recipients a
+// worker killed at the worst moment may leave unknown.
+const maxChunk = 32
+
+// nextChunk sizes the next chunk of one-recipient transactions so that it lasts about
+// target, from how long the last one of n recipients took: one ledger
+// round trip per target of transactions, not per message.
+func nextChunk(n int, took, target time.Duration) int {
+	if took <= 0 {
+		return maxChunk
 	}
-	return state == campaign.Running, nil
+	k := int(float64(n) * float64(target) / float64(took))
+	return max(1, min(k, maxChunk))
+}
+
+// mustStop reports whether the run should start no more transactions
+// after the first i recipients: the worker is stopping (ctx ended), or the
+// run spent its budget (then the job is snoozed for wait = 0 and goes on
+// in a new run). The first chunk always goes, so every run makes progress.
+func (w *sendWorker) mustStop(ctx context.Context, b *batch, i int) (bool, time.Duration) {
+	if ctx.Err() != nil {
+		return true, 0
+	}
+	return i > 0 && !w.now().Before(b.deadline), 0
+}
+
+// failRest gives every recipient left when a session broke or could not be
+// had the session's error as its outcome: marked are the rest of the
+// current chunk, unmarked the recipients after it, which are marked (an
+// attempt that failed) first. None of them was in a transaction, so a lost
+// reply (smtp.ErrUnknownOutcome) counts for them as a connection lost
+// before their turn: deferred, never unknown.
+func (w *sendWorker) failRest(ctx context.Context, b *batch, marked, unmarked []recipient, err error) (*time.Duration, error) {
+	err = notAttempted(err)
+	w.failAll(b, marked, err)
+	if len(unmarked) == 0 {
+		return nil, nil
+	}
+	more, running, merr := w.mark(ctx, b, unmarked)
+	if merr != nil {
+		return nil, merr
+	}
+	if !running {
+		return w.stopEarly(ctx, b, nil, w.pauseWait, nil)
+	}
+	w.failAll(b, more, err)
+	return nil, nil
+}
+
+// notAttempted is err as the outcome of a recipient whose transaction
+// never started because an earlier one failed with err.
+func notAttempted(err error) error {
+	if smtp.Classify(err) == smtp.Unknown {
+		return fmt.Errorf("not attempted: the connection was lost earlier in the batch (%s)", err.Error())
+	}
+	return err
 }
 
 func (w *sendWorker) acquire(ctx context.Context, b *batch, n int) (time.Duration, error) {
@@ -331,32 +396,6 @@ func (w *sendWorker) acquire(ctx context.Context, b *batch, n int) (time.Duratio
 		return 0, nil
 	}
 	return w.throttle.Acquire(ctx, b.key, n)
-}
-
-// putBack returns recipients not attempted to queued, keeping what was done.
-func (w *sendWorker) putBack(ctx context.Context, b *batch, rest []recipient, wait time.Duration, err error) (time.Duration, error) {
-	ids := make([]int64, len(rest))
-	for i, r := range rest {
-		ids[i] = r.contactID
-	}
-	ctx = context.WithoutCancel(ctx)
-	if len(b.outcomes) > 0 {
-		if rerr := w.writeOutcomes(ctx, w.pool, b); rerr != nil {
-			return 0, rerr
-		}
-		w.recorded(b)
-		b.outcomes = nil
-	}
-	_, perr := w.pool.Exec(ctx, `
-		UPDATE deliveries SET state = 'queued', attempts = attempts - 1, updated_at = now()
-		WHERE campaign_id = $1 AND contact_id = ANY($2) AND state = 'sending'`, b.cc.c.ID, ids)
-	if perr != nil {
-		return 0, fmt.Errorf("returning recipients of campaign %d batch %d to the queue: %w", b.cc.c.ID, b.job.Args.BatchNo, perr)
-	}
-	if err != nil {
-		return 0, err
-	}
-	return wait, nil
 }
 
 // transact runs SMTP transactions for rcpts with one body: recipients
@@ -393,7 +432,8 @@ func (w *sendWorker) transact(ctx context.Context, b *batch, sess transport.Sess
 			}
 		}
 		if err != nil {
-			w.failAll(b, again, err)
+			// A recipient answered 452 was not in the failed transaction.
+			w.failAll(b, again, notAttempted(err))
 			return err
 		}
 		if len(again) == len(rcpts) {
@@ -444,6 +484,7 @@ func (w *sendWorker) errOutcome(b *batch, r recipient, err error) outcome {
 	case smtp.Bounce:
 		o.state = campaign.StateBounced
 	case smtp.Unknown:
+		o.ambiguous = true
 		if b.cc.c.Settings.AtLeastOnce {
 			w.defer_(b, r, &o)
 		} else {
@@ -459,7 +500,7 @@ func (w *sendWorker) errOutcome(b *batch, r recipient, err error) outcome {
 // maximum age.
 func (w *sendWorker) defer_(b *batch, r recipient, o *outcome) {
 	s := b.cc.c.Settings.WithDefaults()
-	next := w.now().Add(s.RetryDelay(r.attempts))
+	next := w.now().Add(time.Duration(float64(s.RetryDelay(r.attempts)) * b.jitter))
 	started := w.now()
 	if b.cc.c.StartedAt != nil {
 		started = *b.cc.c.StartedAt
@@ -501,117 +542,4 @@ func groupName(list string) string {
 		name = "undisclosed-recipients"
 	}
 	return name + ":;"
-}
-
-// record writes every outcome, marks the batch done or schedules its next
-// attempt, completes the job and finishes the campaign if it was the last
-// batch: one transaction, so a crash leaves either all of it or none.
-func (w *sendWorker) record(ctx context.Context, b *batch) error {
-	ctx = context.WithoutCancel(ctx) // outcomes are recorded even on shutdown
-	tx, err := w.pool.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("recording campaign %d batch %d: %w", b.cc.c.ID, b.job.Args.BatchNo, err)
-	}
-	defer tx.Rollback(ctx)
-	if err := w.writeOutcomes(ctx, tx, b); err != nil {
-		return err
-	}
-	args := b.job.Args
-	// A campaign cancelled while this batch was in flight: what this run
-	// deferred will never be retried.
-	if _, err := tx.Exec(ctx, `
-		UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, updated_at = now()
-		WHERE campaign_id = $1 AND batch_no = $2 AND state IN ('queued', 'deferred')
-		  AND (SELECT state FROM campaigns WHERE id = $1) = 'cancelled'`, args.CampaignID, args.BatchNo); err != nil {
-		return fmt.Errorf("cancelling campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
-	}
-	var next *time.Time
-	var waiting int
-	err = tx.QueryRow(ctx, `
-		SELECT min(next_attempt_at) FILTER (WHERE state = 'deferred'),
-		       count(*) FILTER (WHERE state IN ('queued', 'sending'))
-		FROM deliveries WHERE campaign_id = $1 AND batch_no = $2`, args.CampaignID, args.BatchNo).Scan(&next, &waiting)
-	if err != nil {
-		return fmt.Errorf("reading pending recipients of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
-	}
-	switch {
-	case waiting > 0:
-		// Requeued meanwhile (campaign retry), which enqueued a job of its
-		// own for them: leave the batch open, schedule nothing.
-	case next != nil:
-		opts := campaign.JobOpts(b.cc.c.Kind)
-		opts.ScheduledAt = *next
-		if _, err := river.ClientFromContext[pgx.Tx](ctx).InsertTx(ctx, tx, args, opts); err != nil {
-			return fmt.Errorf("scheduling retry of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
-		}
-	default:
-		if _, err := tx.Exec(ctx, `UPDATE batches SET done = true WHERE campaign_id = $1 AND batch_no = $2`,
-			args.CampaignID, args.BatchNo); err != nil {
-			return fmt.Errorf("closing campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
-		}
-	}
-	job, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, b.job)
-	if err != nil {
-		return fmt.Errorf("completing job %d: %w", b.job.ID, err)
-	}
-	if job.State != rivertype.JobStateCompleted {
-		// The job was no longer ours (rescued or cancelled meanwhile):
-		// roll back rather than record outcomes under someone else's run.
-		return fmt.Errorf("job %d is %s, not running: outcomes of this run discarded", b.job.ID, job.State)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("committing outcomes of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
-	}
-	// After the commit, not in it: two last batches committing at once
-	// would each see the other still pending. Whichever commits last sees
-	// both done here.
-	if next == nil && waiting == 0 {
-		if _, err := campaign.FinishIfDone(ctx, w.pool, args.CampaignID); err != nil {
-			return err
-		}
-	}
-	w.recorded(b)
-	return nil
-}
-
-// writeOutcomes updates every outcome's delivery row in one statement.
-func (w *sendWorker) writeOutcomes(ctx context.Context, q campaign.Querier, b *batch) error {
-	n := len(b.outcomes)
-	if n == 0 {
-		return nil
-	}
-	ids := make([]int64, n)
-	states := make([]string, n)
-	codes := make([]*int32, n)
-	enhanced := make([]*string, n)
-	texts := make([]*string, n)
-	nexts := make([]*time.Time, n)
-	for i, o := range b.outcomes {
-		ids[i], states[i], nexts[i] = o.contactID, o.state, o.next
-		if o.reply != nil {
-			code := int32(o.reply.Code)
-			codes[i] = &code
-			if o.reply.Enhanced != (smtp.EnhancedCode{}) {
-				e := o.reply.Enhanced.String()
-				enhanced[i] = &e
-			}
-			t := o.reply.Text
-			texts[i] = &t
-		} else if o.errText != "" {
-			t := o.errText
-			texts[i] = &t
-		}
-	}
-	_, err := q.Exec(ctx, `
-		UPDATE deliveries d SET state = u.state, last_code = u.code, last_enhanced = u.enhanced,
-		       last_text = u.text, next_attempt_at = u.next, updated_at = now(),
-		       sent_at = CASE WHEN u.state = 'sent' THEN now() ELSE d.sent_at END
-		FROM unnest($2::bigint[], $3::text[], $4::int[], $5::text[], $6::text[], $7::timestamptz[])
-		     AS u(contact_id, state, code, enhanced, text, next)
-		WHERE d.campaign_id = $1 AND d.contact_id = u.contact_id`,
-		b.cc.c.ID, ids, states, codes, enhanced, texts, nexts)
-	if err != nil {
-		return fmt.Errorf("recording outcomes of campaign %d batch %d: %w", b.cc.c.ID, b.job.Args.BatchNo, err)
-	}
-	return nil
 }

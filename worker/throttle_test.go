@@ -2,7 +2,6 @@ package worker_test
 
 import (
 	"context"
-	"io"
 	"log/slog"
 	"strings"
 	"testing"
@@ -35,23 +34,7 @@ func runThrottledWorker(t *testing.T, pool *pgxpool.Pool, tr transport.Transport
 		t.Fatal(err)
 	}
 	t.Cleanup(lim.Stop)
-	w, err := worker.New(worker.Config{
-		Pool: pool, Transport: tr, Throttle: lim, FetchInterval: 50 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.Start(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := w.Stop(ctx); err != nil {
-			t.Errorf("stopping worker: %v", err)
-		}
-	})
+	runWorkerConfig(t, worker.Config{Pool: pool, Transport: tr, Throttle: lim})
 }
 
 // TestThrottleMaxRecipients: a route's max_recipients splits a batch's

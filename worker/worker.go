@@ -37,12 +37,31 @@ type Config struct {
 	NewsletterWorkers int
 	// AlertWorkers is how many alert batches run at once. Default 8.
 	AlertWorkers int
-	// JobTimeout bounds one batch. Default 5 minutes.
+	// JobTimeout bounds one run of a batch; River cancels a run that takes
+	// longer. A run starts no transaction after BatchBudget and snoozes
+	// for the rest, so only a hanging transaction reaches the timeout.
+	// Default 30 seconds.
 	JobTimeout time.Duration
-	// RescueAfter is how long a job may run before River's rescuer assumes
-	// its worker died and makes it available again; it must exceed
-	// JobTimeout. Default JobTimeout + 1 minute.
+	// BatchBudget is how long a run of a batch starts new transactions;
+	// the recipients left are put back and the job snoozed for 0 to go on
+	// in a new run. Default JobTimeout / 2; at most JobTimeout.
+	BatchBudget time.Duration
+	// RescueAfter is how long a run may last before it is taken for dead
+	// (its worker was killed): the sweep then takes over its sending rows
+	// and enqueues its batch again, and River's rescuer retries its job.
+	// It must exceed JobTimeout. Default JobTimeout + 15 seconds (45 s): a
+	// killed worker's batches go on within RescueAfter plus the sweep
+	// interval (RescueAfter / 4, at most 10 s), under a minute.
 	RescueAfter time.Duration
+	// FlushEvery is how long a chunk of personalized transactions aims to
+	// last: its recipients are marked sending together, and their outcomes
+	// written with the marking of the next chunk, one round trip per chunk.
+	// A killed worker leaves at most one chunk unknown per batch in flight.
+	// Default 50 ms.
+	FlushEvery time.Duration
+	// DBRetry is how long a batch in flight waits for a lost database (a
+	// PostgreSQL restart) to record its outcomes, retrying. Default 1 minute.
+	DBRetry time.Duration
 	// PauseRecheck is how soon a batch of a paused campaign is tried
 	// again. Default 1 second.
 	PauseRecheck time.Duration
@@ -78,10 +97,19 @@ func (c Config) WithDefaults() Config {
 		c.AlertWorkers = 8
 	}
 	if c.JobTimeout <= 0 {
-		c.JobTimeout = 5 * time.Minute
+		c.JobTimeout = 30 * time.Second
+	}
+	if c.BatchBudget <= 0 || c.BatchBudget > c.JobTimeout {
+		c.BatchBudget = c.JobTimeout / 2
 	}
 	if c.RescueAfter <= 0 {
-		c.RescueAfter = c.JobTimeout + time.Minute
+		c.RescueAfter = c.JobTimeout + 15*time.Second
+	}
+	if c.FlushEvery <= 0 {
+		c.FlushEvery = 50 * time.Millisecond
+	}
+	if c.DBRetry <= 0 {
+		c.DBRetry = time.Minute
 	}
 	if c.PauseRecheck <= 0 {
 		c.PauseRecheck = time.Second
@@ -102,8 +130,9 @@ func (c Config) validate() error {
 	if c.Transport == nil {
 		return errors.New("worker: Config.Transport is required")
 	}
-	if c.RescueAfter < c.JobTimeout {
-		return errors.New("worker: RescueAfter must be at least JobTimeout")
+	if c.RescueAfter <= c.JobTimeout {
+		return fmt.Errorf("worker: RescueAfter (%s) must exceed JobTimeout (%s): a run still alive would be taken for dead",
+			c.RescueAfter, c.JobTimeout)
 	}
 	return nil
 }
@@ -118,9 +147,12 @@ type Worker struct {
 	swept     chan struct{} // closed when the sweeper has returned
 }
 
-// sweepInterval is how often a worker closes campaigns left running by a
-// worker that died after recording their last batch.
-const sweepInterval = 10 * time.Second
+// sweepInterval is how often a worker takes over the sending rows of dead
+// runs and closes campaigns left running by a worker that died after
+// recording their last batch: a quarter of RescueAfter, at most 10 s.
+func (c Config) sweepInterval() time.Duration {
+	return min(10*time.Second, c.RescueAfter/4)
+}
 
 // New builds a worker; Start runs it.
 func New(cfg Config) (*Worker, error) {
@@ -140,6 +172,9 @@ func New(cfg Config) (*Worker, error) {
 		logger:    cfg.Logger,
 		now:       cfg.NowFunc,
 		timeout:   cfg.JobTimeout,
+		budget:    cfg.BatchBudget,
+		flush:     cfg.FlushEvery,
+		dbRetry:   cfg.DBRetry,
 		pauseWait: cfg.PauseRecheck,
 		secrets:   cfg.Secrets,
 		metrics:   cfg.Metrics,
@@ -186,13 +221,18 @@ func (w *Worker) Start(ctx context.Context) error {
 
 func (w *Worker) sweep(ctx context.Context) {
 	defer close(w.swept)
-	t := time.NewTicker(sweepInterval)
+	t := time.NewTicker(w.cfg.sweepInterval())
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			if n, err := recoverOrphans(ctx, w.cfg.Pool, w.client, w.cfg.RescueAfter); err != nil && ctx.Err() == nil {
+				w.cfg.Logger.Warn("recovering deliveries of dead runs", "err", err)
+			} else if n > 0 {
+				w.cfg.Logger.Info("took over deliveries of dead runs", "recipients", n)
+			}
 			if n, err := campaign.FinishAllDone(ctx, w.cfg.Pool); err != nil && ctx.Err() == nil {
 				w.cfg.Logger.Warn("sweeping finished campaigns", "err", err)
 			} else if n > 0 {

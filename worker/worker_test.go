@@ -67,10 +67,20 @@ func createCampaign(t *testing.T, pool *pgxpool.Pool, list string, personalized 
 // runWorker starts a worker on tr and stops it when the test ends.
 func runWorker(t *testing.T, pool *pgxpool.Pool, tr transport.Transport) *worker.Worker {
 	t.Helper()
-	w, err := worker.New(worker.Config{
-		Pool: pool, Transport: tr, FetchInterval: 50 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	return runWorkerConfig(t, worker.Config{Pool: pool, Transport: tr})
+}
+
+// runWorkerConfig starts a worker of cfg (polling every 50 ms, logging
+// nothing, unless cfg says otherwise) and stops it when the test ends.
+func runWorkerConfig(t *testing.T, cfg worker.Config) *worker.Worker {
+	t.Helper()
+	if cfg.FetchInterval == 0 {
+		cfg.FetchInterval = 50 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	w, err := worker.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

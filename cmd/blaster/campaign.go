@@ -12,9 +12,11 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/BurntSushi/toml"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/blaster-mail/blaster/campaign"
 	"github.com/blaster-mail/blaster/unsubscribe"
@@ -75,6 +77,7 @@ func newCampaignCreateCmd(a *app) *cobra.Command {
 		rp                 campaign.ReturnPath
 		bounceKeyFile      string
 		dsn                dsnFlags
+		configFile         string
 	)
 	cmd := &cobra.Command{
 		Use:   "create --name N --list L --from ADDR --subject S --text FILE [--html FILE]",
@@ -110,16 +113,17 @@ The new campaign's id is printed alone on stdout.`,
 				return err
 			}
 			n.Kind = campaign.Kind(kind)
+			if err := loadCampaignDefaults(configFile, cmd.Flags(), &n.Settings); err != nil {
+				return err
+			}
 			if retry != "" {
-				for _, f := range strings.Split(retry, ",") {
-					d, err := time.ParseDuration(strings.TrimSpace(f))
-					if err != nil {
-						return fmt.Errorf("--retry-schedule: %w", err)
-					}
-					n.Settings.RetrySchedule = append(n.Settings.RetrySchedule, campaign.Duration(d))
+				if n.Settings.RetrySchedule, err = parseSchedule(retry); err != nil {
+					return fmt.Errorf("--retry-schedule: %w", err)
 				}
 			}
-			n.Settings.MaxAge = campaign.Duration(maxAge)
+			if cmd.Flags().Changed("max-age") {
+				n.Settings.MaxAge = campaign.Duration(maxAge)
+			}
 			if unsub.BaseURL != "" || unsub.Mailto != "" {
 				n.Settings.Unsubscribe = &unsub
 			}
@@ -166,8 +170,11 @@ The new campaign's id is printed alone on stdout.`,
 		[]string{string(campaign.Newsletter), string(campaign.Alert)}, cobra.ShellCompDirectiveNoFileComp))
 	f.IntVar(&n.Settings.MaxRcpt, "max-rcpt", 0, "recipients per batch and SMTP transaction (default 100)")
 	f.BoolVar(&n.Settings.AtLeastOnce, "at-least-once", false, "resend recipients whose outcome is unknown (default at-most-once)")
-	f.StringVar(&retry, "retry-schedule", "", "waits before retries of deferred recipients, e.g. 1m,5m,15m,1h (default like an MTA)")
-	f.DurationVar(&maxAge, "max-age", 0, "retry deferred recipients until this long after start (default 72h)")
+	f.StringVar(&retry, "retry-schedule", "",
+		"waits before retries of deferred recipients, e.g. 1m,5m,15m,1h or 2s,5s for tests; ±20% jitter (default 1m,5m,15m,30m,1h,2h,4h)")
+	f.DurationVar(&maxAge, "max-age", 0, "retry deferred recipients until this long after start, then expire them (default 72h)")
+	f.StringVar(&configFile, "config", os.Getenv("BLASTER_CONFIG"),
+		"TOML config file whose [campaign] table sets defaults for max_rcpt, at_least_once, retry_schedule, max_age; flags win")
 	f.StringVar(&unsub.BaseURL, "unsubscribe-url", "", "https base URL of `blaster serve`'s /u endpoint, for List-Unsubscribe")
 	f.StringVar(&unsub.Mailto, "unsubscribe-mailto", "", "address for List-Unsubscribe by mail")
 	f.BoolVar(&unsub.OneClick, "one-click", false, "per-recipient one-click unsubscribe links (RFC 8058); makes the campaign personalized")
@@ -207,6 +214,73 @@ func (d *dsnFlags) parse() (*campaign.DSN, error) {
 		return nil, fmt.Errorf("--dsn-notify/--dsn-ret: %w", err)
 	}
 	return dsn, nil
+}
+
+// campaignDefaults is the [campaign] table of the config file: delivery
+// policy for campaigns created without the matching flags.
+//
+//	[campaign]
+//	retry_schedule = ["1m", "5m", "15m", "30m", "1h", "2h", "4h"]
+//	max_age = "72h"
+//	at_least_once = false
+//	max_rcpt = 100
+type campaignDefaults struct {
+	RetrySchedule []string `toml:"retry_schedule"`
+	MaxAge        string   `toml:"max_age"`
+	AtLeastOnce   *bool    `toml:"at_least_once"`
+	MaxRcpt       int      `toml:"max_rcpt"`
+}
+
+// loadCampaignDefaults fills the settings whose flags were not given from
+// the config file's [campaign] table; errors name the file and the setting.
+func loadCampaignDefaults(path string, f *pflag.FlagSet, s *campaign.Settings) error {
+	if path == "" {
+		return nil
+	}
+	var cfg transportFile
+	md, err := toml.DecodeFile(path, &cfg)
+	if err != nil {
+		return fmt.Errorf("reading config %s: %w", path, err)
+	}
+	if undec := md.Undecoded(); len(undec) > 0 {
+		return fmt.Errorf("config %s: unknown setting %s", path, undec[0])
+	}
+	c := cfg.Campaign
+	if len(c.RetrySchedule) > 0 && !f.Changed("retry-schedule") {
+		if s.RetrySchedule, err = parseSchedule(strings.Join(c.RetrySchedule, ",")); err != nil {
+			return fmt.Errorf("config %s: campaign.retry_schedule: %w", path, err)
+		}
+	}
+	if c.MaxAge != "" && !f.Changed("max-age") {
+		d, err := time.ParseDuration(c.MaxAge)
+		if err != nil || d <= 0 {
+			return fmt.Errorf("config %s: campaign.max_age %q: must be a positive duration like \"72h\"", path, c.MaxAge)
+		}
+		s.MaxAge = campaign.Duration(d)
+	}
+	if c.AtLeastOnce != nil && !f.Changed("at-least-once") {
+		s.AtLeastOnce = *c.AtLeastOnce
+	}
+	if c.MaxRcpt != 0 && !f.Changed("max-rcpt") {
+		s.MaxRcpt = c.MaxRcpt
+	}
+	return nil
+}
+
+// parseSchedule reads a comma-separated list of positive durations.
+func parseSchedule(list string) ([]campaign.Duration, error) {
+	var out []campaign.Duration
+	for i, f := range strings.Split(list, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(f))
+		if err != nil {
+			return nil, fmt.Errorf("entry %d: %w", i+1, err)
+		}
+		if d <= 0 {
+			return nil, fmt.Errorf("entry %d %q: must be positive", i+1, f)
+		}
+		out = append(out, campaign.Duration(d))
+	}
+	return out, nil
 }
 
 func readOptional(path string) (string, error) {
@@ -315,7 +389,7 @@ func writeStatus(w io.Writer, s *campaign.Status) {
 		v int
 	}{{"queued", s.Queued}, {"sending", s.Sending}, {"sent", s.Sent}, {"deferred", s.Deferred},
 		{"bounced", s.Bounced}, {"expired", s.Expired}, {"suppressed", s.Suppressed},
-		{"unknown", s.Unknown}, {"cancelled", s.Cancelled}} {
+		{"unknown", s.Unknown}, {"cancelled", s.Cancelled}, {"maybe duplicated", s.MaybeDuplicated}} {
 		fmt.Fprintf(tw, "%s\t%d\n", kv.k, kv.v)
 	}
 	if s.StartedAt != nil {

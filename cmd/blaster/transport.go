@@ -34,8 +34,10 @@ type transportFlags struct {
 //	# or: mx = true / pickup = "/var/spool/blaster/pickup"
 //	helo = "mailer.example.test"
 //
-// Flags given on the command line win over the file.
+// Flags given on the command line win over the file. The file's
+// [campaign] table (campaignDefaults) is read by `campaign create`.
 type transportFile struct {
+	Campaign  campaignDefaults `toml:"campaign"`
 	Transport struct {
 		Relays []string `toml:"relays"`
 		Pickup string   `toml:"pickup"`

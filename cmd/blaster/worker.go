@@ -149,7 +149,14 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 	tf.register(f)
 	f.IntVar(&cfg.NewsletterWorkers, "newsletter-workers", 16, "newsletter batches sent at once (one connection each)")
 	f.IntVar(&cfg.AlertWorkers, "alert-workers", 8, "alert batches sent at once")
-	f.DurationVar(&cfg.JobTimeout, "batch-timeout", 5*time.Minute, "longest one batch may take")
+	f.DurationVar(&cfg.JobTimeout, "job-timeout", 30*time.Second,
+		"longest one run of a batch may take (it starts no transaction after half of it, and goes on in a new run)")
+	f.DurationVar(&cfg.RescueAfter, "rescue-after", 0,
+		"how long a run may last before it is taken for dead and its batch resumed (default job timeout + 15s; must exceed it)")
+	f.DurationVar(&cfg.FlushEvery, "flush-every", 50*time.Millisecond,
+		"personalized batches write outcomes (and mark the next recipients sending) about this often")
+	f.DurationVar(&cfg.JobTimeout, "batch-timeout", 30*time.Second, "old name of --job-timeout")
+	f.MarkDeprecated("batch-timeout", "use --job-timeout")
 	f.DurationVar(&stopTimeout, "stop-timeout", 2*time.Minute, "how long to wait for transactions in flight on SIGINT/SIGTERM")
 	f.StringVar(&throttleFile, "throttle-config", os.Getenv("BLASTER_THROTTLE_CONFIG"),
 		"TOML file of rates, connection caps and back-off rules (default: the shipped throttle/default.toml)")

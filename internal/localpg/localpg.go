@@ -221,7 +221,7 @@ func (e *ensurer) private(ctx context.Context, dir string) (string, func() error
 		e.logger.Info("using the private PostgreSQL cluster that is running", "dir", data, "port", port)
 		stop = noop
 	} else {
-		port, err = freePort()
+		port, err = keptPort(dir)
 		if err != nil {
 			return "", nil, err
 		}
@@ -486,6 +486,30 @@ func parsePostmasterPID(b []byte) (port int, ok bool) {
 		}
 	}
 	return 0, false
+}
+
+// keptPort returns the port the cluster in dir had last time, kept in
+// dir/port, when it is free, so that a restarted cluster answers at the
+// URL handed out before (workers reconnect to it); else a free port, which
+// it keeps for next time.
+func keptPort(dir string) (int, error) {
+	path := filepath.Join(dir, "port")
+	if b, err := os.ReadFile(path); err == nil {
+		if p, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && p > 0 && p <= 65535 {
+			if ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p))); err == nil {
+				ln.Close()
+				return p, nil
+			}
+		}
+	}
+	p, err := freePort()
+	if err != nil {
+		return 0, err
+	}
+	if err := os.WriteFile(path, []byte(strconv.Itoa(p)+"\n"), 0o644); err != nil {
+		return 0, fmt.Errorf("keeping the private cluster's port: %w", err)
+	}
+	return p, nil
 }
 
 // freePort returns a TCP port free on 127.0.0.1 a moment ago.

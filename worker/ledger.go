@@ -1,0 +1,428 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivertype"
+
+	"github.com/blaster-mail/blaster/campaign"
+	"github.com/blaster-mail/blaster/smtp"
+)
+
+// The sending window.
+//
+// A recipient is in state sending only while its SMTP transaction may be
+// under way: mark sets it (with deliveries.sending_job = the job) just
+// before the transaction and, in the same statement, writes the outcomes
+// of the transactions finished since the last mark. A same-for-all batch
+// marks one transaction at a time; a personalized batch marks a chunk of
+// transactions sized to last about Config.FlushEvery (at most maxChunk).
+// The last chunk's outcomes are written by record, in the transaction that
+// completes the job.
+//
+// A worker killed at any moment leaves sending only the recipients of the
+// chunk in flight; every recipient before it has its outcome, every one
+// after it is still queued. Those sending rows are orphans, found by the
+// job's next run (same job, sending_job = its id) or by any worker's sweep
+// (the marking job is no longer running, or has run past the rescue time):
+// under at-most-once they become unknown, under at-least-once they are
+// queued to be sent again; either way deliveries.ambiguous counts one more
+// attempt whose outcome blaster could not know.
+
+// orphanSet turns orphaned sending rows, those matching the condition that
+// follows it (on d, the delivery, and c, its campaign), into unknown
+// (at-most-once) or queued (at-least-once), counting an ambiguous attempt.
+const orphanSet = `
+	UPDATE deliveries d SET
+	       state = CASE WHEN coalesce((c.settings->>'at_least_once')::boolean, false) THEN 'queued' ELSE 'unknown' END,
+	       ambiguous = d.ambiguous + 1, sending_job = NULL, updated_at = now(),
+	       last_code = NULL, last_enhanced = NULL,
+	       last_text = 'worker stopped while the transaction may have been in flight; outcome unknown'
+	FROM campaigns c
+	WHERE c.id = d.campaign_id AND d.state = 'sending' AND `
+
+// claim returns the batch's due recipients (queued, or deferred and due)
+// with their contact data. It marks nothing: mark does, chunk by chunk.
+// First, rows an earlier run of this same job left sending are orphans
+// (that run died: River runs one attempt of a job at a time).
+func (w *sendWorker) claim(ctx context.Context, b *batch) ([]recipient, error) {
+	args := b.job.Args
+	err := w.retryDB(ctx, func(ctx context.Context) error {
+		_, err := w.pool.Exec(ctx, orphanSet+`d.campaign_id = $1 AND d.batch_no = $2 AND d.sending_job = $3`,
+			args.CampaignID, args.BatchNo, b.job.ID)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("recovering campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	rows, err := w.pool.Query(ctx, `
+		SELECT d.contact_id, d.email, c.name, c.attrs, d.attempts
+		FROM deliveries d JOIN contacts c ON c.id = d.contact_id
+		WHERE d.campaign_id = $1 AND d.batch_no = $2
+		  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now()))
+		ORDER BY d.contact_id`,
+		args.CampaignID, args.BatchNo)
+	if err != nil {
+		return nil, fmt.Errorf("claiming campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	rcpts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (recipient, error) {
+		var r recipient
+		var attrs map[string]any
+		err := row.Scan(&r.contactID, &r.email, &r.name, &attrs, &r.attempts)
+		r.attrs = stringAttrs(attrs)
+		return r, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claiming campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	return rcpts, nil
+}
+
+// writeOutcomesSQL writes outcomes ($3..$9) of job $2's rows of campaign
+// $1. Rows no longer sending under this job (an orphan sweep took them
+// over) are left alone.
+const writeOutcomesSQL = `
+	UPDATE deliveries d SET state = u.state, last_code = u.code, last_enhanced = u.enhanced,
+	       last_text = u.text, next_attempt_at = u.next, updated_at = now(), sending_job = NULL,
+	       ambiguous = d.ambiguous + u.ambiguous,
+	       sent_at = CASE WHEN u.state = 'sent' THEN now() ELSE d.sent_at END
+	FROM unnest($3::bigint[], $4::text[], $5::int[], $6::text[], $7::text[], $8::timestamptz[], $9::int[])
+	     AS u(contact_id, state, code, enhanced, text, next, ambiguous)
+	WHERE d.campaign_id = $1 AND d.contact_id = u.contact_id AND d.state = 'sending' AND d.sending_job = $2`
+
+// mark writes the outcomes gathered so far and marks rcpts sending, in one
+// statement, unless the campaign is no longer running (paused, cancelled):
+// then running is false and nothing is marked. It returns the recipients
+// it marked, with their attempt counts: those still queued or due (another
+// run of the batch may have taken some).
+func (w *sendWorker) mark(ctx context.Context, b *batch, rcpts []recipient) (marked []recipient, running bool, err error) {
+	ids := make([]int64, len(rcpts))
+	for i, r := range rcpts {
+		ids[i] = r.contactID
+	}
+	attempts := make(map[int64]int, len(rcpts))
+	var state campaign.State
+	err = w.retryDB(ctx, func(ctx context.Context) error {
+		clear(attempts)
+		rows, err := w.pool.Query(ctx, `
+			WITH done AS (`+writeOutcomesSQL+`
+			), c AS (SELECT state FROM campaigns WHERE id = $1),
+			marked AS (
+				UPDATE deliveries d SET state = 'sending', sending_job = $2, updated_at = now(),
+				       attempts = d.attempts + CASE WHEN d.state = 'sending' THEN 0 ELSE 1 END
+				WHERE d.campaign_id = $1 AND d.contact_id = ANY($10)
+				  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now())
+				       -- marked by this statement already, when its reply was lost and it is retried
+				       OR (d.state = 'sending' AND d.sending_job = $2))
+				  AND (SELECT state FROM c) = 'running'
+				RETURNING d.contact_id, d.attempts)
+			SELECT (SELECT state FROM c), m.contact_id, m.attempts FROM (SELECT 1) one LEFT JOIN marked m ON true`,
+			append(w.outcomeArgs(b), ids)...)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var id, n *int64
+			if err := rows.Scan(&state, &id, &n); err != nil {
+				return err
+			}
+			if id != nil {
+				attempts[*id] = int(*n)
+			}
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, false, fmt.Errorf("marking recipients of campaign %d batch %d sending: %w", b.cc.c.ID, b.job.Args.BatchNo, err)
+	}
+	w.recorded(b)
+	b.outcomes = b.outcomes[:0]
+	for _, r := range rcpts {
+		if n, ok := attempts[r.contactID]; ok {
+			r.attempts = n
+			marked = append(marked, r)
+		}
+	}
+	return marked, state == campaign.Running, nil
+}
+
+// stopEarly ends a run that will not finish its batch: it writes the
+// outcomes so far, returns rest (marked, not attempted) to queued, and
+// returns the snooze for the job, or err when it is not nil. Recipients
+// never marked are still queued.
+func (w *sendWorker) stopEarly(ctx context.Context, b *batch, rest []recipient, wait time.Duration, err error) (*time.Duration, error) {
+	ids := make([]int64, len(rest))
+	for i, r := range rest {
+		ids[i] = r.contactID
+	}
+	werr := w.retryDB(ctx, func(ctx context.Context) error {
+		_, err := w.pool.Exec(ctx, `
+			WITH done AS (`+writeOutcomesSQL+`)
+			UPDATE deliveries SET state = 'queued', sending_job = NULL, attempts = attempts - 1, updated_at = now()
+			WHERE campaign_id = $1 AND contact_id = ANY($10) AND state = 'sending' AND sending_job = $2`,
+			append(w.outcomeArgs(b), ids)...)
+		return err
+	})
+	if werr != nil {
+		return nil, fmt.Errorf("returning recipients of campaign %d batch %d to the queue: %w", b.cc.c.ID, b.job.Args.BatchNo, werr)
+	}
+	w.recorded(b)
+	b.outcomes = b.outcomes[:0]
+	if err != nil {
+		return nil, err
+	}
+	return &wait, nil
+}
+
+// outcomeArgs are the parameters $1..$9 of writeOutcomesSQL for b's
+// pending outcomes.
+func (w *sendWorker) outcomeArgs(b *batch) []any {
+	n := len(b.outcomes)
+	ids := make([]int64, n)
+	states := make([]string, n)
+	codes := make([]*int32, n)
+	enhanced := make([]*string, n)
+	texts := make([]*string, n)
+	nexts := make([]*time.Time, n)
+	ambiguous := make([]int32, n)
+	for i, o := range b.outcomes {
+		ids[i], states[i], nexts[i] = o.contactID, o.state, o.next
+		if o.ambiguous {
+			ambiguous[i] = 1
+		}
+		if o.reply != nil {
+			code := int32(o.reply.Code)
+			codes[i] = &code
+			if o.reply.Enhanced != (smtp.EnhancedCode{}) {
+				e := o.reply.Enhanced.String()
+				enhanced[i] = &e
+			}
+			t := o.reply.Text
+			texts[i] = &t
+		} else if o.errText != "" {
+			t := o.errText
+			texts[i] = &t
+		}
+	}
+	return []any{b.cc.c.ID, b.job.ID, ids, states, codes, enhanced, texts, nexts, ambiguous}
+}
+
+// record writes the last chunk's outcomes, marks the batch done or
+// schedules its next attempt, completes the job and finishes the campaign
+// if it was the last batch: one transaction, so a crash leaves either all
+// of it or none. A lost database is waited for (retryDB).
+func (w *sendWorker) record(ctx context.Context, b *batch) error {
+	ctx = context.WithoutCancel(ctx) // outcomes are recorded even on shutdown
+	var closed bool
+	err := w.retryDB(ctx, func(ctx context.Context) error {
+		var err error
+		closed, err = w.recordTx(ctx, b)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	// After the commit, not in it: two last batches committing at once
+	// would each see the other still pending. Whichever commits last sees
+	// both done here.
+	if closed {
+		if _, err := campaign.FinishIfDone(ctx, w.pool, b.job.Args.CampaignID); err != nil {
+			return err
+		}
+	}
+	w.recorded(b)
+	return nil
+}
+
+func (w *sendWorker) recordTx(ctx context.Context, b *batch) (closed bool, err error) {
+	args := b.job.Args
+	tx, err := w.pool.Begin(ctx)
+	if err != nil {
+		return false, fmt.Errorf("recording campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	defer tx.Rollback(ctx)
+	// Two runs of one batch (a rescued job and the sweep's, a retry's and a
+	// scheduled one) record one after the other, so the second sees what
+	// the first left pending.
+	if _, err := tx.Exec(ctx, `SELECT 1 FROM batches WHERE campaign_id = $1 AND batch_no = $2 FOR UPDATE`,
+		args.CampaignID, args.BatchNo); err != nil {
+		return false, fmt.Errorf("locking campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	if len(b.outcomes) > 0 {
+		if _, err := tx.Exec(ctx, writeOutcomesSQL, w.outcomeArgs(b)...); err != nil {
+			return false, fmt.Errorf("recording outcomes of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+		}
+	}
+	// A campaign cancelled while this batch was in flight: what this run
+	// deferred will never be retried.
+	if _, err := tx.Exec(ctx, `
+		UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, updated_at = now()
+		WHERE campaign_id = $1 AND batch_no = $2 AND state IN ('queued', 'deferred')
+		  AND (SELECT state FROM campaigns WHERE id = $1) = 'cancelled'`, args.CampaignID, args.BatchNo); err != nil {
+		return false, fmt.Errorf("cancelling campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	var next *time.Time
+	var waiting int
+	err = tx.QueryRow(ctx, `
+		SELECT min(next_attempt_at) FILTER (WHERE state = 'deferred'),
+		       count(*) FILTER (WHERE state IN ('queued', 'sending'))
+		FROM deliveries WHERE campaign_id = $1 AND batch_no = $2`, args.CampaignID, args.BatchNo).Scan(&next, &waiting)
+	if err != nil {
+		return false, fmt.Errorf("reading pending recipients of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	switch {
+	case waiting > 0:
+		// Requeued meanwhile (campaign retry, an orphan sweep) or being
+		// sent by another run of the batch; each enqueued or is a job of
+		// its own: leave the batch open, schedule nothing.
+	case next != nil:
+		opts := campaign.JobOpts(b.cc.c.Kind)
+		opts.ScheduledAt = *next
+		if _, err := river.ClientFromContext[pgx.Tx](ctx).InsertTx(ctx, tx, args, opts); err != nil {
+			return false, fmt.Errorf("scheduling retry of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+		}
+	default:
+		if _, err := tx.Exec(ctx, `UPDATE batches SET done = true WHERE campaign_id = $1 AND batch_no = $2`,
+			args.CampaignID, args.BatchNo); err != nil {
+			return false, fmt.Errorf("closing campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+		}
+	}
+	job, err := river.JobCompleteTx[*riverpgxv5.Driver](ctx, tx, b.job)
+	if err != nil {
+		return false, fmt.Errorf("completing job %d: %w", b.job.ID, err)
+	}
+	if job.State != rivertype.JobStateCompleted {
+		// The job was no longer ours (rescued or cancelled meanwhile):
+		// roll back rather than record outcomes under someone else's run.
+		return false, fmt.Errorf("job %d is %s, not running: outcomes of this run discarded", b.job.ID, job.State)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("committing outcomes of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	return next == nil && waiting == 0, nil
+}
+
+// retryDB runs f until it succeeds, fails for a reason other than a lost
+// database connection, or w.dbRetry has passed: a PostgreSQL restart
+// costs a pause, not the outcomes of the transactions in flight. f runs
+// detached from ctx's cancellation, so outcomes are written on shutdown.
+func (w *sendWorker) retryDB(ctx context.Context, f func(context.Context) error) error {
+	ctx = context.WithoutCancel(ctx)
+	deadline := time.Now().Add(w.dbRetry)
+	wait := 50 * time.Millisecond
+	for {
+		err := f(ctx)
+		if err == nil || !connectionLost(err) || time.Now().After(deadline) {
+			return err
+		}
+		w.logger.Warn("database unreachable: retrying", "err", err, "in", wait)
+		time.Sleep(wait)
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// connectionLost reports whether err is the database going away (a
+// restart, a network failure) rather than a statement failing: PostgreSQL
+// classes 08 (connection exception) and 57P01..03 (shutdown, cannot
+// connect now), and network errors, which carry no SQLSTATE.
+func connectionLost(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	return true
+}
+
+// liveJob, followed by a job id expression, finds that job running for
+// less than $1 seconds: a live run.
+const liveJob = `SELECT 1 FROM river_job j WHERE j.state = 'running'
+	AND j.attempted_at > now() - make_interval(secs => $1) AND j.id = `
+
+// recoverOrphans takes over the sending rows of runs that died: rows whose
+// job is not running, or has been running longer than rescueAfter (longer
+// than any live run may: JobTimeout is shorter). They become unknown or
+// queued (orphanSet), and every batch they belong to gets a new send job
+// in the same transaction, so the rest of a killed batch goes on within a
+// sweep interval of rescueAfter, without waiting for River's rescuer
+// (which runs every 30 s, on the leader only). So does every batch whose
+// run died with nobody sending. A later run of the dead job finds
+// nothing of its own and works what is still queued. It returns the
+// number of rows taken over.
+func recoverOrphans(ctx context.Context, pool *pgxpool.Pool, rc *river.Client[pgx.Tx], rescueAfter time.Duration) (int, error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("recovering orphaned deliveries: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	// The orphans first, then the batches: a run recording meanwhile locks
+	// its batch and then writes only rows of its own, so no cycle.
+	rows, err := tx.Query(ctx, `
+		WITH orphans AS (`+orphanSet+`NOT EXISTS (`+liveJob+`d.sending_job)
+			RETURNING d.campaign_id, d.batch_no, c.kind)
+		SELECT campaign_id, batch_no, kind, count(*)::int FROM orphans GROUP BY 1, 2, 3`, rescueAfter.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("recovering orphaned deliveries: %w", err)
+	}
+	var params []river.InsertManyParams
+	total := 0
+	seen := map[campaign.SendBatchArgs]bool{}
+	collect := func(rows pgx.Rows) error {
+		defer rows.Close()
+		for rows.Next() {
+			var args campaign.SendBatchArgs
+			var kind campaign.Kind
+			var n int
+			if err := rows.Scan(&args.CampaignID, &args.BatchNo, &kind, &n); err != nil {
+				return err
+			}
+			total += n
+			if !seen[args] {
+				seen[args] = true
+				params = append(params, river.InsertManyParams{Args: args, InsertOpts: campaign.JobOpts(kind)})
+			}
+		}
+		return rows.Err()
+	}
+	if err := collect(rows); err != nil {
+		return 0, fmt.Errorf("recovering orphaned deliveries: %w", err)
+	}
+	// Batches whose run died with nobody sending (before its first chunk,
+	// waiting for a connection or the throttle, between chunks): their
+	// jobs are still running, past the rescue time. Once per dead job.
+	rows, err = tx.Query(ctx, `
+		UPDATE batches b SET rescued_job = j.id FROM river_job j, campaigns c
+		WHERE j.kind = 'send_batch' AND j.state = 'running'
+		  AND j.attempted_at <= now() - make_interval(secs => $1)
+		  AND b.campaign_id = (j.args->>'campaign_id')::bigint AND b.batch_no = (j.args->>'batch_no')::int
+		  AND c.id = b.campaign_id AND NOT b.done AND b.rescued_job IS DISTINCT FROM j.id
+		RETURNING b.campaign_id, b.batch_no, c.kind, 0`, rescueAfter.Seconds())
+	if err != nil {
+		return 0, fmt.Errorf("recovering batches of dead runs: %w", err)
+	}
+	if err := collect(rows); err != nil {
+		return 0, fmt.Errorf("recovering batches of dead runs: %w", err)
+	}
+	if len(params) == 0 {
+		return 0, nil
+	}
+	if _, err := rc.InsertManyFastTx(ctx, tx, params); err != nil {
+		return 0, fmt.Errorf("enqueueing runs of batches with orphaned deliveries: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("committing recovery of orphaned deliveries: %w", err)
+	}
+	return total, nil
+}
