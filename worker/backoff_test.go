@@ -347,6 +347,17 @@ func TestMaxConnectionsAndStatus(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+	// Both batches holding a connection get to their DATA (a run reads
+	// and marks its recipients first), and a third never does.
+	for {
+		mu.Lock()
+		n := inData
+		mu.Unlock()
+		if n >= 2 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	close(release)
 	if st := waitDone(t, pool, id); st.Sent != 50 {
 		t.Fatalf("status %+v, want 50 sent", st)
