@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"strings"
 	"sync"
 	"time"
 
@@ -251,7 +250,7 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 	size := 1
 	if !b.cc.tmpl.Personalized() {
 		// Same for all: built (and signed) once per campaign, not per batch.
-		if shared, err = b.cc.tmpl.Shared(groupName(b.cc.listName)); err != nil {
+		if shared, err = b.cc.tmpl.Shared(message.GroupAddress(b.cc.listName)); err != nil {
 			return w.failRest(ctx, b, nil, rcpts, err)
 		}
 		defer shared.Release()
@@ -527,19 +526,4 @@ func brokenSession(err error) bool {
 		return se.Code == 421
 	}
 	return err != nil
-}
-
-// groupName is the To header of a message sent to many: an empty RFC 5322
-// group (§3.4) named after the list.
-func groupName(list string) string {
-	name := strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f || strings.ContainsRune(`()<>[]:;@\,."`, r) {
-			return -1
-		}
-		return r
-	}, list)
-	if strings.TrimSpace(name) == "" {
-		name = "undisclosed-recipients"
-	}
-	return name + ":;"
 }

@@ -172,6 +172,27 @@ func TestEndToEndGoSMTP(t *testing.T) {
 	}
 }
 
+// TestSharedToAnyListName: a same-for-all message is addressed to an empty
+// group named after the list, and a list name with characters a group name
+// may not hold ('+', '/', non-ASCII) still sends.
+func TestSharedToAnyListName(t *testing.T) {
+	pool := dbtest.Pool(t)
+	const list = "Ünïcode news+promo/2026"
+	emails := seedList(t, pool, list, 20)
+	srv := sink.New(sink.Config{Record: true})
+	if err := srv.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+
+	runWorker(t, pool, relayTransport(t, srv.Addr()))
+	id := createCampaign(t, pool, list, false)
+	start(t, pool, id)
+	if st := waitDone(t, pool, id); st.Sent != len(emails) {
+		t.Fatalf("status = %+v, want %d sent", st, len(emails))
+	}
+}
+
 // TestEndToEndSmtpSink delivers through Postfix's smtp-sink, an
 // independent SMTP implementation, and reads back its dump of every
 // transaction's recipients.
