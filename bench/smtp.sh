@@ -7,36 +7,22 @@
 #   bench/smtp.sh              # MSGS=40000 (1 rcpt) and MSGS100=4000 (100 rcpts)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
-SINK=/usr/sbin/smtp-sink SOURCE=/usr/sbin/smtp-source
-[ -x "$SINK" ] && [ -x "$SOURCE" ] || { echo "needs Postfix's smtp-sink and smtp-source (apt-get install postfix)" >&2; exit 1; }
+need_postfix
 MSGS=${MSGS:-40000}
 MSGS100=${MSGS100:-4000}
 PORT=${PORT:-25253}
-user=(); [ "$(id -u)" -eq 0 ] && user=(-u nobody)
 
-"$SINK" "${user[@]}" 127.0.0.1:$PORT 256 &
-sink=$!
-trap 'kill $sink 2>/dev/null; wait $sink 2>/dev/null || true' EXIT
-for _ in $(seq 50); do (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break; sleep 0.1; done
-
-rate() { # $1 count, $2 seconds
-	awk -v n="$1" -v s="$2" 'BEGIN { printf "%.0f", n / s }'
-}
-source_run() { # $1 messages, $2 recipients per message
-	local t0 t1
-	t0=$(date +%s.%N)
-	"$SOURCE" -d -s 16 -m "$1" -l 10240 -r "$2" -f bench@example.test -t rcpt@example.test 127.0.0.1:$PORT
-	t1=$(date +%s.%N)
-	awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'
-}
+start_sink "$PORT"
+trap stop_sink EXIT
 
 echo "machine: $(nproc) cores; $(/usr/local/go/bin/go version 2>/dev/null || go version)"
-s1=$(source_run "$MSGS" 1)
-s100=$(source_run "$MSGS100" 100)
+read -r s1 _ < <(source_run "$PORT" "$MSGS" 1)
+read -r s100 _ < <(source_run "$PORT" "$MSGS100" 100)
 echo "smtp-source -s 16 -l 10240 -r 1:   $MSGS messages in ${s1}s = $(rate "$MSGS" "$s1") messages/s"
 echo "smtp-source -s 16 -l 10240 -r 100: $MSGS100 messages in ${s100}s = $(rate $((MSGS100 * 100)) "$s100") recipients/s"
-kill $sink; wait $sink 2>/dev/null || true
+stop_sink
 trap - EXIT
 
 echo "blaster (go test ./smtp -bench SendParallel, its own smtp-sink):"

@@ -68,6 +68,12 @@ type Config struct {
 	// FetchInterval is how often an idle worker polls for jobs on top of
 	// LISTEN/NOTIFY. Default River's (1s); tests may lower it.
 	FetchInterval time.Duration
+	// FetchCooldown is the least time between two fetches of jobs. River's
+	// default (100 ms) caps a process at NewsletterWorkers batches per
+	// 100 ms: 160 batches/s, 16,000 recipients/s of a same-for-all
+	// campaign whose batches take a few milliseconds each. Default 5 ms;
+	// at most FetchInterval.
+	FetchCooldown time.Duration
 	// NowFunc is the clock; default time.Now.
 	NowFunc func() time.Time
 	// Secrets build messages: the one-click unsubscribe key.
@@ -111,6 +117,12 @@ func (c Config) WithDefaults() Config {
 	if c.DBRetry <= 0 {
 		c.DBRetry = time.Minute
 	}
+	if c.FetchCooldown <= 0 {
+		c.FetchCooldown = defaultFetchCooldown
+	}
+	if c.FetchInterval > 0 && c.FetchCooldown > c.FetchInterval {
+		c.FetchCooldown = c.FetchInterval
+	}
 	if c.PauseRecheck <= 0 {
 		c.PauseRecheck = time.Second
 	}
@@ -145,6 +157,18 @@ type Worker struct {
 
 	stopSweep context.CancelFunc
 	swept     chan struct{} // closed when the sweeper has returned
+}
+
+// defaultFetchCooldown is Config.FetchCooldown's default.
+const defaultFetchCooldown = 5 * time.Millisecond
+
+// PoolSize is how many database connections a worker process with cfg's
+// job concurrency wants: one per send job (each claims and records through
+// the pool) plus four for River (its LISTEN connection, the producer's
+// fetches, the leader's maintenance) and the throttle's leases.
+func PoolSize(cfg Config) int {
+	cfg = cfg.WithDefaults()
+	return cfg.NewsletterWorkers + cfg.AlertWorkers + 4
 }
 
 // sweepInterval is how often a worker takes over the sending rows of dead
@@ -196,9 +220,9 @@ func New(cfg Config) (*Worker, error) {
 	if mw, ok := cfg.Metrics.(rivertype.WorkerMiddleware); ok {
 		rcfg.Middleware = []rivertype.Middleware{mw}
 	}
+	rcfg.FetchCooldown = cfg.FetchCooldown
 	if cfg.FetchInterval > 0 {
 		rcfg.FetchPollInterval = cfg.FetchInterval
-		rcfg.FetchCooldown = min(cfg.FetchInterval, 100*time.Millisecond)
 	}
 	client, err := river.NewClient(riverpgxv5.New(cfg.Pool), rcfg)
 	if err != nil {

@@ -26,6 +26,9 @@ type app struct {
 
 	databaseURL string // --database-url, else $DATABASE_URL
 	logLevel    string
+	// dbConns is the database pool's size; 0 picks db.Open's default.
+	// Commands that run many jobs at once (worker) set it before db().
+	dbConns int
 
 	pool *pgxpool.Pool
 
@@ -94,7 +97,7 @@ func (a *app) db(ctx context.Context) (*pgxpool.Pool, error) {
 	if a.pool != nil {
 		return a.pool, nil
 	}
-	pool, err := db.Open(ctx, a.databaseURL, 0)
+	pool, err := db.Open(ctx, a.databaseURL, a.dbConns)
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,7 @@ func newWorkerCmd(a *app) *cobra.Command {
 		throttleFile  string
 		bounceKeyFile string
 		mo            metricsOpts
+		pprofAddr     string
 	)
 	cmd := &cobra.Command{
 		Use:   "worker",
@@ -54,9 +55,17 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx := cmd.Context()
+			a.dbConns = worker.PoolSize(cfg)
 			pool, err := a.db(ctx)
 			if err != nil {
 				return err
+			}
+			if pprofAddr != "" {
+				stop, err := servePprof(pprofAddr, a.logger)
+				if err != nil {
+					return err
+				}
+				defer stop()
 			}
 			if err := tf.loadFile(cmd.Flags()); err != nil {
 				return err
@@ -167,6 +176,8 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 		"where the worker makes its spool directory (campaign attachments, large messages; removed on exit) (default $TMPDIR or /tmp)")
 	f.IntVar(&cfg.SpoolOver, "spool-threshold", message.DefaultSpoolOver,
 		"messages larger than this many bytes are built into a spool file and streamed from it, not held in memory")
+	f.DurationVar(&cfg.FetchCooldown, "fetch-cooldown", 0, "least time between two fetches of jobs (default 5ms)")
+	f.StringVar(&pprofAddr, "pprof-addr", "", "serve Go's pprof profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; never expose it")
 	mo.register(f)
 	return cmd
 }
