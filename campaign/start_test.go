@@ -48,3 +48,26 @@ func TestStartInterleavesDomains(t *testing.T) {
 		}
 	}
 }
+
+// TestStartDomainAfterLastAt checks that a batch's domain is what follows
+// the address's last "@", lower-cased: a quoted local part may hold an "@"
+// of its own (RFC 5321 §4.1.2).
+func TestStartDomainAfterLastAt(t *testing.T) {
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	if _, err := pool.Exec(ctx, `
+		WITH l AS (INSERT INTO lists (name) VALUES ('quoted') RETURNING id),
+		     c AS (INSERT INTO contacts (email) VALUES ('"a@b"@quoted.example.test'), ('plain@Quoted.Example.TEST') RETURNING id)
+		INSERT INTO list_members (list_id, contact_id) SELECT l.id, c.id FROM l, c`); err != nil {
+		t.Fatal(err)
+	}
+	id := startCampaign(t, pool, "quoted", 100)
+	var domains []string
+	if err := pool.QueryRow(ctx, `SELECT array_agg(domain ORDER BY batch_no) FROM batches WHERE campaign_id = $1`, id).
+		Scan(&domains); err != nil {
+		t.Fatal(err)
+	}
+	if len(domains) != 1 || domains[0] != "quoted.example.test" {
+		t.Errorf("batch domains %q, want one batch for quoted.example.test", domains)
+	}
+}

@@ -14,11 +14,12 @@ import (
 // servePprof serves net/http/pprof's handlers under /debug/pprof/ on addr
 // (a mux of its own: nothing else is served there, and the handlers are not
 // added to http.DefaultServeMux). The profiles show code and memory, not
-// secrets, but addr belongs on loopback. stop shuts the server down.
-func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
+// secrets, but addr belongs on loopback. It returns the address it listens
+// on (addr may name port 0) and stop, which shuts the server down.
+func servePprof(addr string, logger *slog.Logger) (bound string, stop func(), err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("--pprof-addr: %w", err)
+		return "", nil, fmt.Errorf("--pprof-addr: %w", err)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -35,7 +36,7 @@ func servePprof(addr string, logger *slog.Logger) (stop func(), err error) {
 		}
 	}()
 	logger.Info("serving pprof", "addr", ln.Addr().String())
-	return func() {
+	return ln.Addr().String(), func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		srv.Shutdown(ctx)

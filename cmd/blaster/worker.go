@@ -61,7 +61,7 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 				return err
 			}
 			if pprofAddr != "" {
-				stop, err := servePprof(pprofAddr, a.logger)
+				_, stop, err := servePprof(pprofAddr, a.logger)
 				if err != nil {
 					return err
 				}
