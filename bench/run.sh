@@ -27,8 +27,8 @@
 #   MSGS, MSGS100         smtp-source messages at 1 and 100 recipients (40000, 4000)
 #   WORKERS               the worker's --newsletter-workers and relay max_conns (16)
 #   BENCH_PORT            first of the ports used (13000: sink; +60 pprof)
-#   PROFILE=DIR           save a CPU profile of the worker during each campaign
-#                         (PROFILE_SECONDS long, default 20) into DIR
+#   PROFILE=DIR           save a CPU profile of the worker while it sends each
+#                         campaign (the first PROFILE_SECONDS, default 20) into DIR
 #   BENCH_PRIVATE_PG=1    use a private cluster in .bench/pg even when
 #                         127.0.0.1:5432 answers
 #   WRITE_BENCHMARKS=0    do not touch BENCHMARKS.md
@@ -210,12 +210,6 @@ run_campaign() {
 	t0=$(now)
 	rm -f "$work/start.rc"
 	{ "$BLASTER" campaign start "$id" > "$work/start.out" 2>&1; echo $? > "$work/start.rc"; } &
-	if [ -n "$PROFILE" ]; then
-		mkdir -p "$PROFILE"
-		prof="$PROFILE/worker-$name.pprof"
-		curl -s -o "$prof" "http://127.0.0.1:$PPROF_PORT/debug/pprof/profile?seconds=$PROFILE_SECONDS" &
-		curl_pid=$!
-	fi
 	while :; do
 		sleep 0.2
 		pg_sample
@@ -224,6 +218,12 @@ run_campaign() {
 			started=1
 			R_FANOUT_PG=$(( $(pg_total) - p0 ))
 			out=$(cat "$work/start.out")
+			if [ -n "$PROFILE" ]; then # the sending, not the fan-out
+				mkdir -p "$PROFILE"
+				prof="$PROFILE/worker-$name.pprof"
+				curl -s -o "$prof" "http://127.0.0.1:$PPROF_PORT/debug/pprof/profile?seconds=$PROFILE_SECONDS" &
+				curl_pid=$!
+			fi
 			# "started campaign 3: N recipients in B batches, 0 suppressed (1.234s)"
 			R_FANOUT=$(sed -E 's/.*\(([0-9.]+)(m?s|µs)\)$/\1 \2/' <<<"$out" |
 				awk '{ print $2 == "ms" ? $1 / 1000 : ($2 == "µs" ? $1 / 1e6 : $1) }')
