@@ -16,10 +16,10 @@ func TestFetchCooldown(t *testing.T) {
 		cfg  worker.Config
 		want time.Duration
 	}{
-		{"default", worker.Config{}, 5 * time.Millisecond},
+		{"default", worker.Config{}, 20 * time.Millisecond},
 		{"set", worker.Config{FetchCooldown: 50 * time.Millisecond}, 50 * time.Millisecond},
-		{"clamped to the poll interval", worker.Config{FetchInterval: 2 * time.Millisecond}, 2 * time.Millisecond},
-		{"poll interval above it", worker.Config{FetchInterval: time.Second}, 5 * time.Millisecond},
+		{"clamped to the poll interval", worker.Config{FetchInterval: 10 * time.Millisecond}, 10 * time.Millisecond},
+		{"poll interval above it", worker.Config{FetchInterval: time.Second}, 20 * time.Millisecond},
 	} {
 		if got := tc.cfg.WithDefaults().FetchCooldown; got != tc.want {
 			t.Errorf("%s: FetchCooldown %s, want %s", tc.name, got, tc.want)

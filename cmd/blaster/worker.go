@@ -176,7 +176,7 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 		"where the worker makes its spool directory (campaign attachments, large messages; removed on exit) (default $TMPDIR or /tmp)")
 	f.IntVar(&cfg.SpoolOver, "spool-threshold", message.DefaultSpoolOver,
 		"messages larger than this many bytes are built into a spool file and streamed from it, not held in memory")
-	f.DurationVar(&cfg.FetchCooldown, "fetch-cooldown", 0, "least time between two fetches of jobs (default 5ms)")
+	f.DurationVar(&cfg.FetchCooldown, "fetch-cooldown", 0, "least time between two fetches of jobs (default 20ms)")
 	f.StringVar(&pprofAddr, "pprof-addr", "", "serve Go's pprof profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; never expose it")
 	mo.register(f)
 	return cmd
