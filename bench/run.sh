@@ -123,7 +123,7 @@ for n in "$PERSONALIZED" "$SAME"; do
 	fi
 done
 # Earlier runs' campaigns go; the contacts stay.
-psql -qc "TRUNCATE deliveries, batches, campaigns, river_job CASCADE" -c "VACUUM ANALYZE"
+psql -qc "SET client_min_messages = warning; TRUNCATE deliveries, batches, campaigns, river_job CASCADE" -c "VACUUM ANALYZE"
 
 # --- 2. The sink and the reference client ----------------------------------
 start_sink "$SINK_PORT"
