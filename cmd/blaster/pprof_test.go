@@ -1,20 +1,21 @@
 package main
 
 import (
+	"context"
 	"io"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 )
 
 // TestServePprof checks that --pprof-addr serves the profile index and
-// nothing else, and that stop closes the listener.
+// nothing else, and that Shutdown closes the listener.
 func TestServePprof(t *testing.T) {
-	addr, stop, err := servePprof("127.0.0.1:0", slog.New(slog.DiscardHandler))
+	srv, bound, err := servePprof(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	addr := bound.String()
 	get := func(path string) (int, string) {
 		t.Helper()
 		resp, err := http.Get("http://" + addr + path)
@@ -31,7 +32,9 @@ func TestServePprof(t *testing.T) {
 	if code, _ := get("/metrics"); code != http.StatusNotFound {
 		t.Errorf("GET /metrics: %d, want 404 (only pprof is served there)", code)
 	}
-	stop()
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := http.Get("http://" + addr + "/debug/pprof/"); err == nil {
 		t.Error("the pprof server still answers after stop")
 	}

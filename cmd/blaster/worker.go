@@ -61,11 +61,12 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 				return err
 			}
 			if pprofAddr != "" {
-				_, stop, err := servePprof(pprofAddr, a.logger)
+				srv, bound, err := servePprof(ctx, pprofAddr)
 				if err != nil {
 					return err
 				}
-				defer stop()
+				a.logger.Info("serving pprof", "addr", bound.String())
+				defer srv.Shutdown(ctx)
 			}
 			if err := tf.loadFile(cmd.Flags()); err != nil {
 				return err
@@ -177,7 +178,7 @@ transactions in flight, records their outcomes, QUITs and exits.`,
 	f.IntVar(&cfg.SpoolOver, "spool-threshold", message.DefaultSpoolOver,
 		"messages larger than this many bytes are built into a spool file and streamed from it, not held in memory")
 	f.DurationVar(&cfg.FetchCooldown, "fetch-cooldown", 0, "least time between two fetches of jobs (default 20ms)")
-	f.StringVar(&pprofAddr, "pprof-addr", "", "serve Go's pprof profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060; never expose it")
+	f.StringVar(&pprofAddr, "pprof-addr", "", "serve Go's pprof profiles (/debug/pprof/, CPU profiles up to 30s) on this address, e.g. 127.0.0.1:6060; never expose it")
 	mo.register(f)
 	return cmd
 }
