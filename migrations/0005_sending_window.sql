@@ -14,8 +14,14 @@ ALTER TABLE deliveries ADD COLUMN sending_job bigint;
 -- on a sent row says the server may have accepted it more than once.
 ALTER TABLE deliveries ADD COLUMN ambiguous integer NOT NULL DEFAULT 0;
 
--- The sweep finds orphaned sending rows without scanning the campaign.
-CREATE INDEX deliveries_sending ON deliveries (sending_job) WHERE state = 'sending';
+-- The sweep finds orphaned sending rows without scanning the campaign, and
+-- a run writes its outcomes through this index alone. campaign_id is in it
+-- because those writes also say campaign_id = $1: with sending_job alone the
+-- planner ANDed this index with deliveries_batch's campaign_id range, which
+-- at 1M recipients read the whole campaign's index entries for every
+-- 100-recipient write (0.99 ms of PostgreSQL CPU per recipient instead of
+-- 0.06, `make bench`).
+CREATE INDEX deliveries_sending ON deliveries (sending_job, campaign_id) WHERE state = 'sending';
 
 -- rescued_job: the last dead run (River job still running past the rescue
 -- time: its worker was killed) the sweep enqueued this batch again for, so
