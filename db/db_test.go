@@ -203,3 +203,73 @@ func TestListMembersDeleteWaitsForAdders(t *testing.T) {
 		t.Errorf("%d members left for the deleted contact, want 0", n)
 	}
 }
+
+// TestDeliveriesIntegrity checks the statement-level design that replaced
+// deliveries' foreign keys (migration 0007): a delivery must name an
+// existing campaign and contact, its key never changes, deleting a campaign
+// deletes its deliveries, and a contact with deliveries cannot be deleted.
+func TestDeliveriesIntegrity(t *testing.T) {
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	var camp, ann, bob int64
+	if err := pool.QueryRow(ctx, `INSERT INTO campaigns (name, from_addr, subject, personalized)
+		VALUES ('c', 'news@example.test', 's', false) RETURNING id`).Scan(&camp); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		email string
+		id    *int64
+	}{{"ann@example.test", &ann}, {"bob@example.test", &bob}} {
+		if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ($1) RETURNING id`, c.email).Scan(c.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := pool.Exec(ctx, `INSERT INTO deliveries (campaign_id, contact_id, email, state)
+		VALUES ($1, $2, 'ann@example.test', 'queued')`, camp, ann); err != nil {
+		t.Fatal(err)
+	}
+	count := func() int {
+		t.Helper()
+		var n int
+		if err := pool.QueryRow(ctx, `SELECT count(*) FROM deliveries`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, c := range []struct {
+		sql  string
+		args []any
+		want string
+	}{
+		{`INSERT INTO deliveries (campaign_id, contact_id, email, state) VALUES ($1, $2, 'x@example.test', 'queued')`,
+			[]any{camp, bob + 1000}, "contact"},
+		{`INSERT INTO deliveries (campaign_id, contact_id, email, state) VALUES ($1, $2, 'bob@example.test', 'queued')`,
+			[]any{camp + 1000, bob}, "campaign"},
+		{`UPDATE deliveries SET contact_id = $1 WHERE contact_id = $2`, []any{bob, ann}, "cannot change"},
+		{`UPDATE campaigns SET id = DEFAULT WHERE id = $1`, []any{camp}, "cannot change"},
+		{`DELETE FROM contacts WHERE id = $1`, []any{ann}, "has deliveries"},
+		{`TRUNCATE contacts CASCADE`, nil, "has deliveries"},
+	} {
+		_, err := pool.Exec(ctx, c.sql, c.args...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s %v: error %v, want one about %q", c.sql, c.args, err, c.want)
+		}
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d deliveries after the refused changes, want 1", n)
+	}
+	// A contact without deliveries may go; one with them may go once its
+	// campaign (and so its deliveries) is gone.
+	if _, err := pool.Exec(ctx, `DELETE FROM contacts WHERE id = $1`, bob); err != nil {
+		t.Fatalf("deleting a contact without deliveries: %v", err)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM campaigns WHERE id = $1`, camp); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 0 {
+		t.Errorf("%d deliveries after deleting their campaign, want 0", n)
+	}
+	if _, err := pool.Exec(ctx, `DELETE FROM contacts WHERE id = $1`, ann); err != nil {
+		t.Errorf("deleting a contact whose campaign is gone: %v", err)
+	}
+}
