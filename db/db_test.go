@@ -272,4 +272,28 @@ func TestDeliveriesIntegrity(t *testing.T) {
 	if _, err := pool.Exec(ctx, `DELETE FROM contacts WHERE id = $1`, ann); err != nil {
 		t.Errorf("deleting a contact whose campaign is gone: %v", err)
 	}
+
+	// TRUNCATE of campaigns empties deliveries, alone or together with it.
+	for _, stmt := range []string{`TRUNCATE campaigns CASCADE`, `TRUNCATE deliveries, batches, campaigns CASCADE`} {
+		if err := pool.QueryRow(ctx, `INSERT INTO campaigns (name, from_addr, subject, personalized)
+			VALUES ('c', 'news@example.test', 's', false) RETURNING id`).Scan(&camp); err != nil {
+			t.Fatal(err)
+		}
+		if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ('cy@example.test') RETURNING id`).Scan(&ann); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pool.Exec(ctx, `INSERT INTO deliveries (campaign_id, contact_id, email, state)
+			VALUES ($1, $2, 'cy@example.test', 'queued')`, camp, ann); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pool.Exec(ctx, stmt); err != nil {
+			t.Fatalf("%s: %v", stmt, err)
+		}
+		if n := count(); n != 0 {
+			t.Errorf("%d deliveries after %s, want 0", n, stmt)
+		}
+		if _, err := pool.Exec(ctx, `DELETE FROM contacts`); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -72,7 +72,10 @@ END $$;
 CREATE FUNCTION deliveries_of_campaigns_delete() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        TRUNCATE deliveries;
+        -- DELETE, not TRUNCATE: a TRUNCATE naming deliveries too (as
+        -- `TRUNCATE deliveries, campaigns`) may not truncate it again here,
+        -- and has emptied it already.
+        DELETE FROM deliveries;
     ELSE
         DELETE FROM deliveries d USING old_rows o WHERE d.campaign_id = o.id;
     END IF;
