@@ -117,8 +117,10 @@ func addFlag(flags string, flag rune) string {
 	return string(b)
 }
 
-// maxMboxLine bounds one line of an mbox file.
-const maxMboxLine = 1 << 20
+// mboxBuf is the read buffer of an mbox file. A longer line is read in
+// pieces of this size: it is cut with its message (DefaultMaxMessageBytes),
+// never an error that would stop this run, and every later one, there.
+const mboxBuf = 64 << 10
 
 // ProcessMbox processes every message of an mbox file (the mboxrd/mboxo
 // family: a line starting with "From " begins a message; ">From " lines,
@@ -128,11 +130,10 @@ const maxMboxLine = 1 << 20
 // read one at a time; one over DefaultMaxMessageBytes is cut there.
 func (p *Processor) ProcessMbox(ctx context.Context, r io.Reader, name string) (Summary, error) {
 	var sum Summary
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), maxMboxLine)
-	sc.Split(scanLinesKeepEnd)
+	br := bufio.NewReaderSize(r, mboxBuf)
 	var msg bytes.Buffer
 	line, start := 0, 0
+	full := false // the message reached DefaultMaxMessageBytes: the rest is cut
 	flush := func() error {
 		if start == 0 {
 			return nil
@@ -145,48 +146,69 @@ func (p *Processor) ProcessMbox(ctx context.Context, r io.Reader, name string) (
 		}
 		sum.Add(res)
 		msg.Reset()
+		full = false
 		return nil
 	}
-	for sc.Scan() {
-		line++
-		b := sc.Bytes()
-		if bytes.HasPrefix(b, []byte("From ")) {
-			if err := flush(); err != nil {
-				return sum, err
+	atLineStart := true
+	for {
+		b, err := br.ReadSlice('\n')
+		if err != nil && !errors.Is(err, bufio.ErrBufferFull) && !errors.Is(err, io.EOF) {
+			return sum, fmt.Errorf("%s:%d: %w", name, line+1, err)
+		}
+		if len(b) > 0 {
+			lineStart := atLineStart
+			atLineStart = b[len(b)-1] == '\n'
+			if lineStart {
+				line++
+				if bytes.HasPrefix(b, []byte("From ")) {
+					if err := flush(); err != nil {
+						return sum, err
+					}
+					if ctx.Err() != nil {
+						return sum, ctx.Err()
+					}
+					start = line
+					// The rest of a long "From " line is the separator's too.
+					for !atLineStart {
+						if b, err = br.ReadSlice('\n'); len(b) > 0 {
+							atLineStart = b[len(b)-1] == '\n'
+						}
+						if err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+							break
+						}
+					}
+					if err != nil && !errors.Is(err, bufio.ErrBufferFull) && !errors.Is(err, io.EOF) {
+						return sum, fmt.Errorf("%s:%d: %w", name, line, err)
+					}
+					if errors.Is(err, io.EOF) {
+						break
+					}
+					continue
+				}
+				if start == 0 {
+					if len(bytes.TrimSpace(b)) == 0 && atLineStart {
+						if errors.Is(err, io.EOF) {
+							break
+						}
+						continue
+					}
+					return sum, fmt.Errorf("%s:%d: not an mbox file: it must start with a \"From \" line", name, line)
+				}
+				if q := bytes.TrimLeft(b, ">"); len(q) < len(b) && bytes.HasPrefix(q, []byte("From ")) {
+					b = b[1:]
+				}
 			}
-			if ctx.Err() != nil {
-				return sum, ctx.Err()
+			// A message is cut at the first piece that does not fit, so it
+			// never comes out with a hole in it.
+			if !full && msg.Len()+len(b) <= DefaultMaxMessageBytes {
+				msg.Write(b)
+			} else {
+				full = true
 			}
-			start = line
-			continue
 		}
-		if start == 0 {
-			if len(bytes.TrimSpace(b)) == 0 {
-				continue
-			}
-			return sum, fmt.Errorf("%s:%d: not an mbox file: it must start with a \"From \" line", name, line)
+		if errors.Is(err, io.EOF) {
+			break
 		}
-		if q := bytes.TrimLeft(b, ">"); len(q) < len(b) && bytes.HasPrefix(q, []byte("From ")) {
-			b = b[1:]
-		}
-		if msg.Len()+len(b) <= DefaultMaxMessageBytes {
-			msg.Write(b)
-		}
-	}
-	if err := sc.Err(); err != nil {
-		return sum, fmt.Errorf("%s:%d: %w", name, line+1, err)
 	}
 	return sum, flush()
-}
-
-// scanLinesKeepEnd is bufio.ScanLines keeping the line ending, so messages
-// come out byte for byte.
-func scanLinesKeepEnd(data []byte, atEOF bool) (int, []byte, error) {
-	if i := bytes.IndexByte(data, '\n'); i >= 0 {
-		return i + 1, data[:i+1], nil
-	}
-	if atEOF && len(data) > 0 {
-		return len(data), data, nil
-	}
-	return 0, nil, nil
 }

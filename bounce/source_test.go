@@ -204,3 +204,23 @@ func TestInFlight(t *testing.T) {
 		t.Fatalf("delivery %s, want bounced", state)
 	}
 }
+
+// TestMboxLongLine: a line longer than the scanner's buffer (a hostile or
+// broken message anyone can send to a return path) is one message's
+// problem: the run goes on to the next message instead of stopping there,
+// which would stop every later run at the same line too.
+func TestMboxLongLine(t *testing.T) {
+	id, contactID, p := oneRecipient(t)
+	rp, _ := p.Signer.Address(base, id, contactID)
+	junk := "From: spam@example.test\nTo: " + rp + "\nSubject: hi\n\n" + strings.Repeat("A", 3<<20) + "\n"
+	msg := string(dsn(t, "postfix.eml", rp, "user00@alpha.example.test", "long1@relay.example.test"))
+	mbox := "From spam@example.test Tue Dec  1 10:12:04 2026\n" + junk + "\n" +
+		"From MAILER-DAEMON Tue Dec  1 10:12:05 2026\n" + msg + "\n"
+	sum, err := p.ProcessMbox(context.Background(), strings.NewReader(mbox), "long.mbox")
+	if err != nil {
+		t.Fatalf("ProcessMbox: %v", err)
+	}
+	if sum.Messages != 2 || sum.Hard != 1 {
+		t.Errorf("summary %+v, want 2 messages, the DSN after the long line applied", sum)
+	}
+}
