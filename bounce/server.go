@@ -24,6 +24,12 @@ type ServerConfig struct {
 	// MaxRecipients per transaction. Default 10: a bounce goes to one
 	// return path.
 	MaxRecipients int
+	// MaxConnections bounds the connections served at once; one more is
+	// answered 421 4.7.0 and closed (RFC 5321 §3.8, §4.2.3), and the MTA
+	// tries again later. Each connection may hold a message of up to
+	// MaxMessageBytes in memory, so this bounds the receiver's memory too.
+	// Default 32.
+	MaxConnections int
 	// Timeout bounds each read and write (RFC 5321 §4.5.3.2 asks servers
 	// to wait 5 minutes for commands; bounces come from MTAs, which are
 	// quick). Default 2 minutes.
@@ -43,6 +49,9 @@ func (c ServerConfig) WithDefaults() ServerConfig {
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 2 * time.Minute
+	}
+	if c.MaxConnections <= 0 {
+		c.MaxConnections = 32
 	}
 	return c
 }
@@ -97,6 +106,7 @@ func (s *Server) Listen(addr string) error {
 	if err != nil {
 		return fmt.Errorf("bounce server listening on %s: %w", addr, err)
 	}
+	ln = &limitListener{Listener: ln, sem: make(chan struct{}, s.cfg.MaxConnections)}
 	s.ln = ln
 	go func() {
 		defer close(s.done)
@@ -179,3 +189,45 @@ func (ss *session) Data(r io.Reader) error {
 
 func (ss *session) Reset()        { ss.rcpts = nil }
 func (ss *session) Logout() error { return nil }
+
+// limitListener hands out at most cap(sem) connections at once and answers
+// any more 421 at once, as golang.org/x/net/netutil.LimitListener bounds
+// them (which makes them wait instead, unanswered, in the accept queue).
+type limitListener struct {
+	net.Listener
+	sem chan struct{}
+}
+
+var tooMany = []byte("421 4.7.0 Too many connections, try again later\r\n")
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.sem <- struct{}{}:
+			return &limitConn{Conn: c, release: func() { <-l.sem }}, nil
+		default:
+			// A short reply to a fresh socket fits its send buffer; the
+			// deadline is for a peer that never reads.
+			c.SetWriteDeadline(time.Now().Add(time.Second))
+			c.Write(tooMany)
+			c.Close()
+		}
+	}
+}
+
+// limitConn gives its slot back once, on the first Close.
+type limitConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}

@@ -224,3 +224,54 @@ func TestMboxLongLine(t *testing.T) {
 		t.Errorf("summary %+v, want 2 messages, the DSN after the long line applied", sum)
 	}
 }
+
+// TestServerMaxConnections: connections past MaxConnections are answered
+// 421 and closed, so a peer cannot open enough of them (each able to hold
+// a message of MaxMessageBytes in memory) to exhaust the receiver's
+// memory; a slot freed is taken again.
+func TestServerMaxConnections(t *testing.T) {
+	_, _, p := oneRecipient(t)
+	srv, err := bounce.NewServer(bounce.ServerConfig{Processor: p, MaxConnections: 2, Timeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Listen("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close(context.Background()) })
+	greet := func() (*textproto.Conn, int) {
+		c, err := textproto.Dial("tcp", srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, _, _ := c.ReadResponse(220)
+		return c, code
+	}
+	var open []*textproto.Conn
+	for i := 0; i < 2; i++ {
+		c, code := greet()
+		if code != 220 {
+			t.Fatalf("connection %d: %d, want 220", i+1, code)
+		}
+		open = append(open, c)
+	}
+	c, code := greet()
+	c.Close()
+	if code != 421 {
+		t.Fatalf("connection past MaxConnections: %d, want 421", code)
+	}
+	open[0].Cmd("QUIT")
+	open[0].ReadResponse(221)
+	open[0].Close()
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		c, code := greet()
+		c.Close()
+		if code == 220 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a connection closed: %d, want 220", code)
+		}
+	}
+	open[1].Close()
+}
