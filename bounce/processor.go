@@ -301,13 +301,12 @@ func (p *Processor) events(ctx context.Context, q campaign.Querier, t returnpath
 
 	// A campaign-level return path: the report names the recipients.
 	var evs []event
-	seen := map[string]bool{}
+	at := map[string]int{} // evs' index by address: one event each, hard before soft
 	for i := range bounces {
 		r := &bounces[i]
-		if r.Address() == "" || len(r.Address()) > maxAddress || seen[r.Address()] {
+		if r.Address() == "" || len(r.Address()) > maxAddress {
 			continue
 		}
-		seen[r.Address()] = true
 		ev := event{campaignID: t.CampaignID, email: r.Address(), class: soft(r.Class()), rcpt: *r}
 		for _, a := range []string{r.OriginalRecipient, r.FinalRecipient} {
 			if a == "" {
@@ -328,6 +327,15 @@ func (p *Processor) events(ctx context.Context, q campaign.Querier, t returnpath
 			ev.contactID, ev.email = &id, strings.ToLower(email)
 			break
 		}
+		// Two blocks may name one recipient (as reported, or as the
+		// original recipient of a forwarding target): the worst counts.
+		if j, ok := at[ev.email]; ok {
+			if ev.class == Hard && evs[j].class != Hard {
+				evs[j] = ev
+			}
+			continue
+		}
+		at[ev.email] = len(evs)
 		evs = append(evs, ev)
 	}
 	if len(evs) == 0 {

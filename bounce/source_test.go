@@ -275,3 +275,41 @@ func TestServerMaxConnections(t *testing.T) {
 	}
 	open[1].Close()
 }
+
+// TestCampaignLevelSameRecipientTwice: a report behind a campaign-level
+// return path that names one recipient in two blocks (a delay for the
+// address, then a failure reported with it as the original recipient of a
+// forwarding target) applies the failure: the second event is not dropped
+// as a duplicate of the first.
+func TestCampaignLevelSameRecipientTwice(t *testing.T) {
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	seed(t, pool, 1)
+	id := newCampaign(t, pool, false, false)
+	if _, err := pool.Exec(ctx, "UPDATE deliveries SET state = 'sent'"); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := returnpath.NewSigner(testKey)
+	p := &bounce.Processor{Pool: pool, Signer: s}
+	rp, _ := s.Address(base, id, 0)
+	msg := "From: MAILER-DAEMON@relay.example.test\nTo: " + rp + "\nSubject: failure notice\n" +
+		"Message-Id: <twice.1@relay.example.test>\nMIME-Version: 1.0\n" +
+		"Content-Type: multipart/report; report-type=delivery-status; boundary=XX\n\n" +
+		"--XX\nContent-Type: message/delivery-status\n\n" +
+		"Reporting-MTA: dns; relay.example.test\n\n" +
+		"Final-Recipient: rfc822; user00@alpha.example.test\nAction: delayed\nStatus: 4.4.1\n\n" +
+		"Original-Recipient: rfc822; user00@alpha.example.test\nFinal-Recipient: rfc822; fwd@gamma.example.test\n" +
+		"Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\n\n--XX--\n"
+	sum, err := p.ProcessReader(ctx, strings.NewReader(msg), "stdin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sum != (bounce.Summary{Messages: 1, Hard: 1}) {
+		t.Errorf("summary %+v, want one hard bounce", sum)
+	}
+	var state string
+	pool.QueryRow(ctx, "SELECT state FROM deliveries").Scan(&state)
+	if state != "bounced" {
+		t.Errorf("delivery %s, want bounced", state)
+	}
+}
