@@ -132,7 +132,15 @@ const (
 	maxTextBytes = 16 << 10
 	// maxRecipients bounds the recipients taken from one report.
 	maxRecipients = 1000
+	// maxMIMEDepth bounds how deep in nested multiparts a report is looked
+	// for: a DSN's is one level down (RFC 6522 §3), a forwarded one a few
+	// more. Walking N levels costs N² (go-message copies the part path for
+	// each part and reads it through every enclosing multipart reader).
+	maxMIMEDepth = 16
 )
+
+// errTooDeep ends the walk of a message nested past maxMIMEDepth.
+var errTooDeep = errors.New("MIME parts nested too deep")
 
 // ErrNotMessage is returned (wrapped) for input that is not an RFC 5322
 // message at all.
@@ -166,6 +174,9 @@ func Parse(r io.Reader) (*Report, error) {
 	_ = e.Walk(func(path []int, part *message.Entity, err error) error {
 		if err != nil && !message.IsUnknownCharset(err) && !message.IsUnknownEncoding(err) {
 			return err
+		}
+		if len(path) > maxMIMEDepth {
+			return errTooDeep
 		}
 		t, _, _ := part.Header.ContentType()
 		switch {
