@@ -98,7 +98,9 @@ func (p *Processor) ProcessMaildir(ctx context.Context, dir string) (Summary, er
 				continue // left as it is, for the next run
 			}
 			seen := filepath.Join(dir, "cur", base+":2,"+addFlag(flags, 'S'))
-			if err := os.Rename(path, seen); err != nil {
+			if err := os.Rename(path, seen); errors.Is(err, os.ErrNotExist) {
+				continue // taken by another reader meanwhile: applied once either way
+			} else if err != nil {
 				return sum, fmt.Errorf("marking %s processed: %w", path, err)
 			}
 		}

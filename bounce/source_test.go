@@ -8,10 +8,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/blaster-mail/blaster/bounce"
+	"github.com/blaster-mail/blaster/campaign"
 	"github.com/blaster-mail/blaster/internal/dbtest"
 	"github.com/blaster-mail/blaster/returnpath"
 )
@@ -311,5 +315,44 @@ func TestCampaignLevelSameRecipientTwice(t *testing.T) {
 	pool.QueryRow(ctx, "SELECT state FROM deliveries").Scan(&state)
 	if state != "bounced" {
 		t.Errorf("delivery %s, want bounced", state)
+	}
+}
+
+// takingPool is a pool whose first Begin lets another reader take a
+// Maildir message first (move it to cur/ as seen), as a second run or a
+// mail reader can between ProcessMaildir's read and its rename.
+type takingPool struct {
+	campaign.Pool
+	from, to string
+	once     sync.Once
+}
+
+func (p *takingPool) Begin(ctx context.Context) (pgx.Tx, error) {
+	p.once.Do(func() { os.Rename(p.from, p.to) })
+	return p.Pool.Begin(ctx)
+}
+
+// TestMaildirTakenMeanwhile: a message another reader moved away while it
+// was processed is that reader's now; the run goes on with the next
+// message rather than stopping with an error.
+func TestMaildirTakenMeanwhile(t *testing.T) {
+	id, contactID, p := oneRecipient(t)
+	rp, _ := p.Signer.Address(base, id, contactID)
+	dir := t.TempDir()
+	for _, d := range []string{"new", "cur", "tmp"} {
+		os.Mkdir(filepath.Join(dir, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(dir, "new", "1.x.host"), dsn(t, "postfix-delayed.eml", rp, "user00@alpha.example.test", "t1@x"), 0o644)
+	os.WriteFile(filepath.Join(dir, "new", "2.x.host"), dsn(t, "postfix.eml", rp, "user00@alpha.example.test", "t2@x"), 0o644)
+	p.Pool = &takingPool{Pool: p.Pool, from: filepath.Join(dir, "new", "1.x.host"), to: filepath.Join(dir, "cur", "1.x.host:2,S")}
+	sum, err := p.ProcessMaildir(context.Background(), dir)
+	if err != nil {
+		t.Fatalf("ProcessMaildir: %v", err)
+	}
+	if sum != (bounce.Summary{Messages: 2, Soft: 1, Hard: 1}) {
+		t.Errorf("summary %+v, want both messages applied", sum)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "cur", "2.x.host:2,S")); err != nil {
+		t.Errorf("the second message was not marked processed: %v", err)
 	}
 }
