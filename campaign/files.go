@@ -57,7 +57,7 @@ func readAttachments(paths []string) ([]File, [][]byte, error) {
 		if err := message.CheckFilename(name); err != nil {
 			return nil, nil, fmt.Errorf("attachment %d (%s): %w", i+1, path, err)
 		}
-		b, err := readFile(path, MaxAttachmentBytes)
+		b, err := readFile(path, fi.Size()) // as checked against the total
 		if err != nil {
 			return nil, nil, fmt.Errorf("attachment %d: %w", i+1, err)
 		}
