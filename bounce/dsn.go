@@ -208,6 +208,12 @@ func Parse(r io.Reader) (*Report, error) {
 	// A non-standard bounce: the status from its text, for the recipients
 	// it names in X-Failed-Recipients (or none, for the return path to say).
 	st, code, line := statusFromText(text)
+	if st == "" && code != 0 && len(failed) == 0 && !fromMailer(h) {
+		// A line that merely starts with three digits ("550 Market
+		// Street" in an auto-response's signature) is a reply code only
+		// in a mail system's message: never suppress on a guess.
+		st, code, line = "", 0, ""
+	}
 	if st == "" && code == 0 {
 		rep.AutoReply = autoReplied(h)
 		return rep, nil
@@ -242,9 +248,14 @@ func vacationSubject(subject string) bool {
 // field.
 func autoReplied(h message.Header) bool {
 	as := strings.ToLower(strings.TrimSpace(h.Get("Auto-Submitted")))
+	return strings.HasPrefix(as, "auto-replied") && !fromMailer(h)
+}
+
+// fromMailer reports a message from a mail system (a mailer daemon or a
+// postmaster) rather than from a person or their auto-responder.
+func fromMailer(h message.Header) bool {
 	from := strings.ToLower(h.Get("From"))
-	daemon := strings.Contains(from, "mailer-daemon") || strings.Contains(from, "postmaster")
-	return strings.HasPrefix(as, "auto-replied") && !daemon
+	return strings.Contains(from, "mailer-daemon") || strings.Contains(from, "postmaster")
 }
 
 // parseDeliveryStatus reads the field blocks of a delivery-status body

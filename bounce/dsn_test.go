@@ -259,3 +259,28 @@ func TestParseDeepNesting(t *testing.T) {
 		t.Fatal("parsing 20,000 nested multiparts did not end in 20 s")
 	}
 }
+
+// TestParseCodeLineNeedsMailer: a line starting with three digits is read
+// as a reply code (a non-standard bounce without an enhanced status) only
+// in a message from a mail system. An auto-response without Auto-Submitted
+// or a vacation subject, whose signature holds a street address, is no
+// hard bounce: it marked the recipient bounced and suppressed the address.
+func TestParseCodeLineNeedsMailer(t *testing.T) {
+	body := "To: " + sampleReturnPath + "\nSubject: Re: Weekly news\n\n" +
+		"Thanks for writing, we will answer within two days.\n\nAcme Shop\n550 Market Street\nSan Francisco\n"
+	rep, err := ParseBytes([]byte("From: support@shop.example.test\n" + body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Recipients) != 0 {
+		t.Errorf("auto-response with a street address: recipients %+v, want none", rep.Recipients)
+	}
+	rep, err = ParseBytes([]byte("From: Mail Delivery System <MAILER-DAEMON@relay.example.test>\n" +
+		strings.Replace(body, "550 Market Street", "550 No such user here", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Recipients) != 1 || rep.Recipients[0].Class() != Hard {
+		t.Errorf("a mailer daemon's reply line: recipients %+v, want one hard", rep.Recipients)
+	}
+}
