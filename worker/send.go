@@ -315,6 +315,15 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 				msg.Release()
 			}
 			if lastErr != nil && brokenSession(lastErr) && !reconnect() {
+				if errors.Is(ctx.Err(), context.Canceled) {
+					// Stopping (the worker shuts down), not failing: the
+					// recipients not attempted go back to the queue, as at
+					// a chunk's start (mustStop), rather than spend an
+					// attempt and wait for a retry. A job timeout is a
+					// transaction that hung: the route is failing, and
+					// the rest is deferred below.
+					return w.stopEarly(ctx, b, chunk[j+len(part):], 0, ctx.Err())
+				}
 				return w.failRest(ctx, b, chunk[j+len(part):], rcpts[i:], lastErr)
 			}
 		}
