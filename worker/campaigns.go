@@ -76,9 +76,10 @@ func (w *sendWorker) release(cc *compiled) {
 	}
 }
 
-// forgetFinished drops the cached campaigns that are done (their spool
-// copies with them, once no batch uses them): a long-running worker keeps
-// only what it may still send. A campaign retried later is compiled again.
+// forgetFinished drops the cached campaigns that are done or cancelled
+// (their spool copies with them, once no batch uses them): a long-running
+// worker keeps only what it may still send. A campaign retried later is
+// compiled again; a cancelled one is final.
 func (w *sendWorker) forgetFinished(ctx context.Context) error {
 	w.mu.Lock()
 	ids := make([]int64, 0, len(w.campaigns))
@@ -89,7 +90,7 @@ func (w *sendWorker) forgetFinished(ctx context.Context) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	rows, err := w.pool.Query(ctx, `SELECT id FROM campaigns WHERE id = ANY($1) AND state = 'done'`, ids)
+	rows, err := w.pool.Query(ctx, `SELECT id FROM campaigns WHERE id = ANY($1) AND state IN ('done', 'cancelled')`, ids)
 	if err != nil {
 		return fmt.Errorf("reading finished campaigns: %w", err)
 	}

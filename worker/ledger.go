@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -334,7 +337,10 @@ func (w *sendWorker) retryDB(ctx context.Context, f func(context.Context) error)
 // connectionLost reports whether err is the database going away (a
 // restart, a network failure) rather than a statement failing: PostgreSQL
 // classes 08 (connection exception) and 57P01..03 (shutdown, cannot
-// connect now), and network errors, which carry no SQLSTATE.
+// connect now), a failed dial, a closed connection and network errors,
+// which carry no SQLSTATE. Any other error (a constraint, a job that is no
+// longer running, a scan) would fail again the same way: it is returned
+// at once, not retried for DBRetry.
 func connectionLost(err error) bool {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -343,7 +349,11 @@ func connectionLost(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
-	return true
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connectErr) || errors.As(err, &netErr) || pgconn.SafeToRetry(err) ||
+		errors.Is(err, pgconn.ErrConnClosed) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)
 }
 
 // liveJob, followed by a job id expression, finds that job running for

@@ -88,14 +88,9 @@ func (w *sendWorker) NextRetry(job *river.Job[campaign.SendBatchArgs]) time.Time
 
 func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatchArgs]) error {
 	args := job.Args
-	cc, err := w.campaign(ctx, args.CampaignID)
-	if err != nil {
-		return err
-	}
-	defer w.release(cc)
 	var state campaign.State
 	var domain string
-	err = w.pool.QueryRow(ctx, `
+	err := w.pool.QueryRow(ctx, `
 		SELECT c.state, b.domain FROM campaigns c JOIN batches b ON b.campaign_id = c.id
 		WHERE c.id = $1 AND b.batch_no = $2`, args.CampaignID, args.BatchNo).Scan(&state, &domain)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -120,6 +115,14 @@ func (w *sendWorker) Work(ctx context.Context, job *river.Job[campaign.SendBatch
 	case campaign.Done, campaign.Draft:
 		return river.JobCancel(fmt.Errorf("campaign %d is %s", args.CampaignID, state))
 	}
+	// Compiled (its attachments copied) only for a batch that sends: the
+	// jobs of a paused, cancelled or finished campaign do not need it, and
+	// the sweep drops a cancelled campaign's copies.
+	cc, err := w.campaign(ctx, args.CampaignID)
+	if err != nil {
+		return err
+	}
+	defer w.release(cc)
 
 	log := w.logger.With("campaign", args.CampaignID, "batch", args.BatchNo, "domain", domain,
 		"route", w.transport.Route(domain))
@@ -315,6 +318,15 @@ func (w *sendWorker) deliver(ctx context.Context, b *batch, rcpts []recipient) (
 				msg.Release()
 			}
 			if lastErr != nil && brokenSession(lastErr) && !reconnect() {
+				if errors.Is(ctx.Err(), context.Canceled) {
+					// Stopping (the worker shuts down), not failing: the
+					// recipients not attempted go back to the queue, as at
+					// a chunk's start (mustStop), rather than spend an
+					// attempt and wait for a retry. A job timeout is a
+					// transaction that hung: the route is failing, and
+					// the rest is deferred below.
+					return w.stopEarly(ctx, b, chunk[j+len(part):], 0, ctx.Err())
+				}
 				return w.failRest(ctx, b, chunk[j+len(part):], rcpts[i:], lastErr)
 			}
 		}

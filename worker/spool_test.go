@@ -76,3 +76,44 @@ func TestForgetFinished(t *testing.T) {
 		t.Errorf("spool directory left after closeSpool: %v", err)
 	}
 }
+
+// TestForgetCancelled: a cancelled campaign (final: it can be neither
+// resumed nor retried) is dropped from the cache with its attachment
+// copies too, not kept for the life of the worker.
+func TestForgetCancelled(t *testing.T) {
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	if _, err := pool.Exec(ctx, `INSERT INTO lists (name) VALUES ('news')`); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "a.txt")
+	if err := os.WriteFile(file, []byte("attached"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := campaign.Create(ctx, pool, campaign.New{Name: "n", List: "news", From: "a@sender.example.test",
+		Subject: "s", Text: "t", Attachments: []string{file}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &sendWorker{pool: pool, spoolDir: t.TempDir(), spoolOver: 1 << 20, campaigns: map[int64]*compiled{}}
+	cc, err := w.campaign(ctx, c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.release(cc)
+	if _, err := campaign.Cancel(ctx, pool, c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.forgetFinished(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(cc.dir); !os.IsNotExist(err) {
+		t.Errorf("cancelled campaign's spool copies still there after the sweep: %v", err)
+	}
+	w.mu.Lock()
+	_, cached := w.campaigns[c.ID]
+	w.mu.Unlock()
+	if cached {
+		t.Error("cancelled campaign still cached after the sweep")
+	}
+}
