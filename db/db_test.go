@@ -297,3 +297,99 @@ func TestDeliveriesIntegrity(t *testing.T) {
 		}
 	}
 }
+
+// TestContactDeleteAndFanOut checks the lock that stands in for deliveries'
+// foreign key on contacts (migration 0007): a contact deleted while a
+// transaction is inserting deliveries for it waits for that transaction and
+// then fails (the ledger keeps the contact), while an open transaction that
+// only updates deliveries, as every worker does, never holds a delete up.
+func TestContactDeleteAndFanOut(t *testing.T) {
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	var camp, ann, bob int64
+	if err := pool.QueryRow(ctx, `INSERT INTO campaigns (name, from_addr, subject, personalized)
+		VALUES ('c', 'news@example.test', 's', false) RETURNING id`).Scan(&camp); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		email string
+		id    *int64
+	}{{"ann@example.test", &ann}, {"bob@example.test", &bob}} {
+		if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ($1) RETURNING id`, c.email).Scan(c.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// deleteContact deletes id on a connection of its own and reports
+	// whether it had to wait on a lock before it finished.
+	deleteContact := func(id int64, release func()) (waited bool, err error) {
+		t.Helper()
+		conn, err := pool.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Release()
+		pid := conn.Conn().PgConn().PID()
+		done := make(chan error, 1)
+		go func() {
+			_, err := conn.Exec(ctx, `DELETE FROM contacts WHERE id = $1`, id)
+			done <- err
+		}()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			select {
+			case err := <-done:
+				return waited, err
+			default:
+			}
+			if !waited {
+				if err := pool.QueryRow(ctx, `SELECT coalesce(wait_event_type = 'Lock', false) FROM pg_stat_activity WHERE pid = $1`, pid).Scan(&waited); err != nil {
+					t.Fatal(err)
+				}
+				if waited {
+					release()
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the delete neither finished nor waited")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	// A fan-out in flight for ann: the delete waits for it, then fails.
+	fanOut, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fanOut.Rollback(ctx)
+	if _, err := fanOut.Exec(ctx, `INSERT INTO deliveries (campaign_id, contact_id, email, state)
+		VALUES ($1, $2, 'ann@example.test', 'queued')`, camp, ann); err != nil {
+		t.Fatal(err)
+	}
+	waited, err := deleteContact(ann, func() {
+		if err := fanOut.Commit(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	if !waited {
+		t.Error("deleting a contact did not wait for a transaction inserting its deliveries")
+	}
+	if err == nil || !strings.Contains(err.Error(), "has deliveries") {
+		t.Errorf("deleting a contact a fan-out just gave deliveries: %v, want a refusal", err)
+	}
+
+	// A worker updating ann's delivery: deleting bob (no deliveries) does
+	// not wait for it.
+	worker, err := pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer worker.Rollback(ctx)
+	if _, err := worker.Exec(ctx, `UPDATE deliveries SET state = 'sending' WHERE campaign_id = $1`, camp); err != nil {
+		t.Fatal(err)
+	}
+	waited, err = deleteContact(bob, func() { worker.Rollback(ctx) })
+	if waited || err != nil {
+		t.Errorf("deleting a contact without deliveries while a worker writes deliveries: waited %v, error %v; want no wait, no error", waited, err)
+	}
+}

@@ -11,13 +11,15 @@
 --   - deleting or truncating campaigns deletes their deliveries (ON DELETE
 --     CASCADE as before);
 --   - deleting or truncating contacts that have deliveries is refused (the
---     ledger keeps who was sent what: NO ACTION as before). The delete first
---     locks deliveries in SHARE ROW EXCLUSIVE mode, which waits for any
---     transaction still writing deliveries (a fan-out that read the contact
---     holds ROW EXCLUSIVE): afterwards either the fan-out's rows are
---     committed and the delete sees them and fails, or the fan-out's own
---     check runs after the delete and fails. Nothing in blaster deletes
---     contacts, so this lock is taken only by an operator's DELETE.
+--     ledger keeps who was sent what: NO ACTION as before). Inserting
+--     deliveries takes a shared transaction-level advisory lock (key
+--     'blaster.deliveries.insert', in deliveries_check), a contact delete
+--     the exclusive one before it deletes: the delete waits for any
+--     fan-out in flight to commit and then sees its rows and fails, and a
+--     fan-out that inserts after the delete checks after it and fails.
+--     Workers' updates of deliveries take no such lock, so a delete (which
+--     scans deliveries for the contact) never stalls them; concurrent
+--     fan-outs share the lock. Nothing in blaster deletes contacts.
 --   - contact ids (migration 0004's triggers) and campaign ids cannot change.
 ALTER TABLE deliveries
     DROP CONSTRAINT deliveries_campaign_id_fkey,
@@ -27,6 +29,7 @@ CREATE FUNCTION deliveries_check() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     missing bigint;
 BEGIN
+    PERFORM pg_advisory_xact_lock_shared(hashtextextended('blaster.deliveries.insert', 0));
     SELECT n.campaign_id INTO missing
       FROM (SELECT DISTINCT campaign_id FROM new_deliveries) n
      WHERE NOT EXISTS (SELECT 1 FROM campaigns c WHERE c.id = n.campaign_id)
@@ -65,7 +68,7 @@ CREATE TRIGGER deliveries_keep_key BEFORE UPDATE OF campaign_id, contact_id ON d
 
 CREATE FUNCTION deliveries_lock() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    LOCK TABLE deliveries IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM pg_advisory_xact_lock(hashtextextended('blaster.deliveries.insert', 0));
     RETURN NULL;
 END $$;
 
