@@ -54,7 +54,7 @@ PPROF_PORT=$((BENCH_PORT + 60))
 PROFILE=${PROFILE:-}
 PROFILE_SECONDS=${PROFILE_SECONDS:-20}
 CAMPAIGN_TIMEOUT=${CAMPAIGN_TIMEOUT:-3600}
-DBNAME=blaster_bench
+DBNAME=${BENCH_DB:-blaster_bench}
 GO=${GO:-$(command -v go || echo /usr/local/go/bin/go)}
 
 mkdir -p .bench

@@ -67,18 +67,33 @@ func (w *sendWorker) claim(ctx context.Context, b *batch) ([]recipient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("recovering campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 	}
-	rows, err := w.pool.Query(ctx, `
+	// A same-for-all message uses no contact data: no join on contacts,
+	// no attrs to decode.
+	personalized := b.cc.tmpl.Personalized()
+	q := `
 		SELECT d.contact_id, d.email, c.name, c.attrs, d.attempts
 		FROM deliveries d JOIN contacts c ON c.id = d.contact_id
 		WHERE d.campaign_id = $1 AND d.batch_no = $2
 		  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now()))
-		ORDER BY d.contact_id`,
-		args.CampaignID, args.BatchNo)
+		ORDER BY d.contact_id`
+	if !personalized {
+		q = `
+		SELECT d.contact_id, d.email, d.attempts
+		FROM deliveries d
+		WHERE d.campaign_id = $1 AND d.batch_no = $2
+		  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now()))
+		ORDER BY d.contact_id`
+	}
+	rows, err := w.pool.Query(ctx, q, args.CampaignID, args.BatchNo)
 	if err != nil {
 		return nil, fmt.Errorf("claiming campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 	}
 	rcpts, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (recipient, error) {
 		var r recipient
+		if !personalized {
+			err := row.Scan(&r.contactID, &r.email, &r.attempts)
+			return r, err
+		}
 		var attrs map[string]any
 		err := row.Scan(&r.contactID, &r.email, &r.name, &attrs, &r.attempts)
 		r.attrs = stringAttrs(attrs)
@@ -102,6 +117,17 @@ const writeOutcomesSQL = `
 	     AS u(contact_id, state, code, enhanced, text, next, ambiguous)
 	WHERE d.campaign_id = $1 AND d.contact_id = u.contact_id AND d.state = 'sending' AND d.sending_job = $2`
 
+// writeSameOutcomeSQL is writeOutcomesSQL for outcomes that are all the
+// same but for the recipient (the usual same-for-all transaction: one
+// reply to DATA for all): the contact ids $3 and one value each for
+// $4..$9, not six arrays to encode and unnest.
+const writeSameOutcomeSQL = `
+	UPDATE deliveries d SET state = $4::text, last_code = $5::int, last_enhanced = $6::text,
+	       last_text = $7::text, next_attempt_at = $8::timestamptz, updated_at = now(), sending_job = NULL,
+	       ambiguous = d.ambiguous + $9::int,
+	       sent_at = CASE WHEN $4::text = 'sent' THEN now() ELSE d.sent_at END
+	WHERE d.campaign_id = $1 AND d.contact_id = ANY($3::bigint[]) AND d.state = 'sending' AND d.sending_job = $2`
+
 // mark writes the outcomes gathered so far and marks rcpts sending, in one
 // statement, unless the campaign is no longer running (paused, cancelled):
 // then running is false and nothing is marked. It returns the recipients
@@ -114,10 +140,11 @@ func (w *sendWorker) mark(ctx context.Context, b *batch, rcpts []recipient) (mar
 	}
 	attempts := make(map[int64]int, len(rcpts))
 	var state campaign.State
+	outSQL, outArgs := w.outcomeWrite(b)
 	err = w.retryDB(ctx, func(ctx context.Context) error {
 		clear(attempts)
 		rows, err := w.pool.Query(ctx, `
-			WITH done AS (`+writeOutcomesSQL+`
+			WITH done AS (`+outSQL+`
 			), c AS (SELECT state FROM campaigns WHERE id = $1),
 			marked AS (
 				UPDATE deliveries d SET state = 'sending', sending_job = $2, updated_at = now(),
@@ -129,7 +156,7 @@ func (w *sendWorker) mark(ctx context.Context, b *batch, rcpts []recipient) (mar
 				  AND (SELECT state FROM c) = 'running'
 				RETURNING d.contact_id, d.attempts)
 			SELECT (SELECT state FROM c), m.contact_id, m.attempts FROM (SELECT 1) one LEFT JOIN marked m ON true`,
-			append(w.outcomeArgs(b), ids)...)
+			append(outArgs, ids)...)
 		if err != nil {
 			return err
 		}
@@ -168,12 +195,13 @@ func (w *sendWorker) stopEarly(ctx context.Context, b *batch, rest []recipient, 
 	for i, r := range rest {
 		ids[i] = r.contactID
 	}
+	outSQL, outArgs := w.outcomeWrite(b)
 	werr := w.retryDB(ctx, func(ctx context.Context) error {
 		_, err := w.pool.Exec(ctx, `
-			WITH done AS (`+writeOutcomesSQL+`)
+			WITH done AS (`+outSQL+`)
 			UPDATE deliveries SET state = 'queued', sending_job = NULL, attempts = attempts - 1, updated_at = now()
 			WHERE campaign_id = $1 AND contact_id = ANY($10) AND state = 'sending' AND sending_job = $2`,
-			append(w.outcomeArgs(b), ids)...)
+			append(outArgs, ids)...)
 		return err
 	})
 	if werr != nil {
@@ -185,6 +213,77 @@ func (w *sendWorker) stopEarly(ctx context.Context, b *batch, rest []recipient, 
 		return nil, err
 	}
 	return &wait, nil
+}
+
+// outcomeWrite returns the statement writing b's pending outcomes and its
+// parameters $1..$9: writeSameOutcomeSQL when they are all the same but
+// for the recipient (none pending counts), else writeOutcomesSQL.
+func (w *sendWorker) outcomeWrite(b *batch) (string, []any) {
+	if o, ok := sameOutcome(b.outcomes); ok {
+		ids := make([]int64, len(b.outcomes))
+		for i, o := range b.outcomes {
+			ids[i] = o.contactID
+		}
+		var code *int32
+		var enhanced, text *string
+		if o.reply != nil {
+			c := int32(o.reply.Code)
+			code = &c
+			if o.reply.Enhanced != (smtp.EnhancedCode{}) {
+				e := o.reply.Enhanced.String()
+				enhanced = &e
+			}
+			t := o.reply.Text
+			text = &t
+		} else if o.errText != "" {
+			t := o.errText
+			text = &t
+		}
+		var state *string
+		if len(b.outcomes) > 0 {
+			state = &o.state
+		}
+		var ambiguous int32
+		if o.ambiguous {
+			ambiguous = 1
+		}
+		return writeSameOutcomeSQL, []any{b.cc.c.ID, b.job.ID, ids, state, code, enhanced, text, o.next, ambiguous}
+	}
+	return writeOutcomesSQL, w.outcomeArgs(b)
+}
+
+// sameOutcome returns the first outcome and whether every outcome writes
+// the same columns as it (all but the contact id). An empty list is the
+// same (ok, zero outcome).
+func sameOutcome(outs []outcome) (outcome, bool) {
+	if len(outs) == 0 {
+		return outcome{}, true
+	}
+	first := outs[0]
+	for _, o := range outs[1:] {
+		if o.state != first.state || o.errText != first.errText || o.ambiguous != first.ambiguous ||
+			!sameReply(o.reply, first.reply) || !sameTime(o.next, first.next) {
+			return first, false
+		}
+	}
+	return first, true
+}
+
+func sameReply(a, b *smtp.Reply) bool {
+	if a == b {
+		return true
+	}
+	if a == nil || b == nil {
+		return false
+	}
+	return a.Code == b.Code && a.Enhanced == b.Enhanced && a.Text == b.Text
+}
+
+func sameTime(a, b *time.Time) bool {
+	if a == b {
+		return true
+	}
+	return a != nil && b != nil && a.Equal(*b)
 }
 
 // outcomeArgs are the parameters $1..$9 of writeOutcomesSQL for b's
@@ -262,7 +361,8 @@ func (w *sendWorker) recordTx(ctx context.Context, b *batch) (closed bool, err e
 		return false, fmt.Errorf("locking campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 	}
 	if len(b.outcomes) > 0 {
-		if _, err := tx.Exec(ctx, writeOutcomesSQL, w.outcomeArgs(b)...); err != nil {
+		outSQL, outArgs := w.outcomeWrite(b)
+		if _, err := tx.Exec(ctx, outSQL, outArgs...); err != nil {
 			return false, fmt.Errorf("recording outcomes of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 		}
 	}

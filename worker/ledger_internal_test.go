@@ -14,6 +14,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/riverqueue/river/rivertype"
+
+	"github.com/blaster-mail/blaster/smtp"
 )
 
 func TestConnectionLost(t *testing.T) {
@@ -53,5 +55,33 @@ func TestRetryDBStatementError(t *testing.T) {
 	err := w.retryDB(context.Background(), func(context.Context) error { calls++; return want })
 	if !errors.Is(err, want) || calls != 1 {
 		t.Fatalf("retryDB = %v after %d calls in %s, want the error after 1 call", err, calls, time.Since(began))
+	}
+}
+
+func TestSameOutcome(t *testing.T) {
+	t1 := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	t2 := t1.Add(time.Second)
+	ok250 := &smtp.Reply{Code: 250, Text: "ok"}
+	for _, tt := range []struct {
+		name string
+		outs []outcome
+		same bool
+	}{
+		{"none", nil, true},
+		{"one", []outcome{{contactID: 1, state: "sent", reply: ok250}}, true},
+		{"one DATA reply", []outcome{{contactID: 1, state: "sent", reply: ok250}, {contactID: 2, state: "sent", reply: ok250}}, true},
+		{"equal replies", []outcome{{contactID: 1, state: "sent", reply: ok250}, {contactID: 2, state: "sent", reply: &smtp.Reply{Code: 250, Text: "ok"}}}, true},
+		{"reply text", []outcome{{contactID: 1, state: "sent", reply: ok250}, {contactID: 2, state: "sent", reply: &smtp.Reply{Code: 250, Text: "ok2"}}}, false},
+		{"state", []outcome{{contactID: 1, state: "sent", reply: ok250}, {contactID: 2, state: "bounced", reply: ok250}}, false},
+		{"nil reply", []outcome{{contactID: 1, state: "deferred", reply: ok250}, {contactID: 2, state: "deferred"}}, false},
+		{"next equal", []outcome{{contactID: 1, state: "deferred", next: &t1}, {contactID: 2, state: "deferred", next: &t1}}, true},
+		{"next differs", []outcome{{contactID: 1, state: "deferred", next: &t1}, {contactID: 2, state: "deferred", next: &t2}}, false},
+		{"next nil", []outcome{{contactID: 1, state: "deferred", next: &t1}, {contactID: 2, state: "deferred"}}, false},
+		{"ambiguous", []outcome{{contactID: 1, state: "sent", ambiguous: true}, {contactID: 2, state: "sent"}}, false},
+		{"errText", []outcome{{contactID: 1, state: "deferred", errText: "a"}, {contactID: 2, state: "deferred", errText: "b"}}, false},
+	} {
+		if _, got := sameOutcome(tt.outs); got != tt.same {
+			t.Errorf("%s: sameOutcome = %v, want %v", tt.name, got, tt.same)
+		}
 	}
 }
