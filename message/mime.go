@@ -6,10 +6,12 @@ import (
 	"crypto/rand"
 	"encoding/base32"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
 	"mime"
+	"mime/quotedprintable"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +20,7 @@ import (
 
 	gomessage "github.com/emersion/go-message"
 	"github.com/emersion/go-message/mail"
+	"github.com/emersion/go-message/textproto"
 )
 
 // HeaderError reports a header value that would break the message's
@@ -74,10 +77,19 @@ func (t *Template) header(to string, v *view) (mail.Header, error) {
 	if err != nil {
 		return h, err
 	}
+	// The bodies are rendered before the header is built: a single part's
+	// Content-Transfer-Encoding depends on what its template produced.
+	if err := t.renderBodies(v); err != nil {
+		return h, err
+	}
 
 	ctype, params := t.topType()
 	if !strings.HasPrefix(ctype, "multipart/") {
-		h.Set("Content-Transfer-Encoding", "quoted-printable")
+		body := v.text
+		if t.html != nil {
+			body = v.html
+		}
+		h.Set("Content-Transfer-Encoding", transferEncoding(body.Bytes()))
 	}
 	h.SetContentType(ctype, params)
 	if listUnsub != "" {
@@ -218,8 +230,9 @@ func formatTo(to string) (string, error) {
 //	text and HTML:             multipart/alternative (text, html)
 //	with attachments:          multipart/mixed (the above, files...)
 //
-// Text parts are quoted-printable (safe for any line length and 8-bit
-// text, RFC 2045 §6.7), attachments base64 (RFC 2045 §6.8).
+// Text parts are rendered first (renderBodies) and go out 7bit when they
+// are short-lined printable ASCII, else quoted-printable (transferEncoding);
+// attachments are base64 (RFC 2045 §6.8).
 func (t *Template) writeMIME(w io.Writer, h mail.Header, v *view) error {
 	if _, ok := w.(*bytes.Buffer); ok { // buffering again would only copy
 		return t.writeEntity(w, h, v)
@@ -244,6 +257,9 @@ func (t *Template) writeMIME(w io.Writer, h mail.Header, v *view) error {
 var bufioPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 32<<10) }}
 
 func (t *Template) writeEntity(w io.Writer, h mail.Header, v *view) error {
+	if len(t.attachments) == 0 && (t.text == nil || t.html == nil) {
+		return t.writeSingle(w, h, v)
+	}
 	top, err := gomessage.CreateWriter(w, h.Header)
 	if err != nil {
 		return fmt.Errorf("writing message header: %w", err)
@@ -273,13 +289,63 @@ func (t *Template) writeEntity(w io.Writer, h mail.Header, v *view) error {
 			return err
 		}
 		return nil
-	default:
-		if err := t.execBody(top, v, t.html != nil); err != nil {
-			return err
-		}
 	}
 	if err := top.Close(); err != nil {
 		return fmt.Errorf("closing message: %w", err)
+	}
+	return nil
+}
+
+// writeSingle writes a message of one text or HTML part: what
+// gomessage.CreateWriter and Write would (the header, then the body through
+// the encoder its Content-Transfer-Encoding names), without go-message's
+// 7bit line wrapper, which looks at each byte to cut lines that a 7bit
+// body (sevenBit) never has.
+func (t *Template) writeSingle(w io.Writer, h mail.Header, v *view) error {
+	if err := textproto.WriteHeader(w, h.Header.Header); err != nil {
+		return fmt.Errorf("writing message header: %w", err)
+	}
+	body := v.text
+	if t.html != nil {
+		body = v.html
+	}
+	if h.Get("Content-Transfer-Encoding") == "7bit" {
+		if err := writeCRLF(w, body.Bytes()); err != nil {
+			return fmt.Errorf("writing %s body: %w", t.singleType(), err)
+		}
+		return nil
+	}
+	qp := quotedprintable.NewWriter(w)
+	if _, err := qp.Write(body.Bytes()); err != nil {
+		return fmt.Errorf("writing %s body: %w", t.singleType(), err)
+	}
+	if err := qp.Close(); err != nil {
+		return fmt.Errorf("writing %s body: %w", t.singleType(), err)
+	}
+	return nil
+}
+
+// writeCRLF writes b, whose line ends are LF or CRLF, with CRLF line ends.
+func writeCRLF(w io.Writer, b []byte) error {
+	for len(b) > 0 {
+		i := bytes.IndexByte(b, '\n')
+		if i < 0 {
+			_, err := w.Write(b)
+			return err
+		}
+		if i > 0 && b[i-1] == '\r' {
+			if _, err := w.Write(b[:i+1]); err != nil {
+				return err
+			}
+		} else {
+			if _, err := w.Write(b[:i]); err != nil {
+				return err
+			}
+			if _, err := io.WriteString(w, "\r\n"); err != nil {
+				return err
+			}
+		}
+		b = b[i+1:]
 	}
 	return nil
 }
@@ -305,21 +371,22 @@ func (t *Template) writeAlternative(mw *gomessage.Writer, v *view) error {
 	return nil
 }
 
-// writePart adds an inline quoted-printable text or HTML part to mw.
+// writePart adds an inline text or HTML part, already rendered into v, to
+// mw.
 func (t *Template) writePart(mw *gomessage.Writer, v *view, html bool) error {
-	ctype := "text/plain"
+	ctype, body := "text/plain", v.text
 	if html {
-		ctype = "text/html"
+		ctype, body = "text/html", v.html
 	}
 	var ph gomessage.Header
 	ph.SetContentType(ctype, map[string]string{"charset": "utf-8"})
-	ph.Set("Content-Transfer-Encoding", "quoted-printable")
+	ph.Set("Content-Transfer-Encoding", transferEncoding(body.Bytes()))
 	pw, err := mw.CreatePart(ph)
 	if err != nil {
 		return fmt.Errorf("writing %s part: %w", ctype, err)
 	}
-	if err := t.execBody(pw, v, html); err != nil {
-		return err
+	if _, err := pw.Write(body.Bytes()); err != nil {
+		return fmt.Errorf("writing %s part: %w", ctype, err)
 	}
 	if err := pw.Close(); err != nil {
 		return fmt.Errorf("closing %s part: %w", ctype, err)
@@ -327,18 +394,107 @@ func (t *Template) writePart(mw *gomessage.Writer, v *view, html bool) error {
 	return nil
 }
 
-// execBody runs the text or HTML template straight into the part's encoder.
-func (t *Template) execBody(w io.Writer, v *view, html bool) error {
-	if html {
-		if err := t.html.Execute(w, v); err != nil {
+// renderBodies runs the text and HTML templates into pooled buffers in v
+// (released by v.release), so that each part's transfer encoding can be
+// chosen from its content.
+func (t *Template) renderBodies(v *view) error {
+	if t.text != nil {
+		v.text = bufPool.Get().(*bytes.Buffer)
+		if err := t.text.Execute(v.text, v); err != nil {
+			return fmt.Errorf("rendering text body for %s: %w", v.Email, err)
+		}
+	}
+	if t.html != nil {
+		v.html = bufPool.Get().(*bytes.Buffer)
+		if err := t.html.Execute(v.html, v); err != nil {
 			return fmt.Errorf("rendering HTML body for %s: %w", v.Email, err)
 		}
-		return nil
-	}
-	if err := t.text.Execute(w, v); err != nil {
-		return fmt.Errorf("rendering text body for %s: %w", v.Email, err)
 	}
 	return nil
+}
+
+// release returns v's body buffers to the pool.
+func (v *view) release() {
+	if v == nil {
+		return
+	}
+	if v.text != nil {
+		putBuf(v.text)
+		v.text = nil
+	}
+	if v.html != nil {
+		putBuf(v.html)
+		v.html = nil
+	}
+}
+
+// maxLine7bit is the longest line, in octets without its CRLF, that a
+// 7bit body may have (RFC 5322 §2.1.1, RFC 2045 §2.7; RFC 5321 §4.5.3.1.6).
+const maxLine7bit = 998
+
+// transferEncoding returns the Content-Transfer-Encoding for a rendered
+// text body: "7bit", written as it is (go-message only turns its LF line
+// ends into CRLF), when that is safe, else "quoted-printable" (safe for any
+// line length and 8-bit text, RFC 2045 §6.7). 7bit needs (RFC 2045 §2.7):
+// US-ASCII only, no NUL, CR only before LF, lines of at most 998 octets.
+// It is also refused for control characters other than tab (some relays
+// mangle them) and for a line starting with "From " (an mbox delivery
+// would turn it into ">From ", changing the text and breaking the DKIM
+// body hash; quoted-printable is what it was before, unchanged). A line
+// starting with "." is fine: the SMTP client dot-stuffs it on the wire
+// and the receiver removes the stuffing, so DKIM, which hashes the
+// unstuffed body, still verifies.
+func transferEncoding(b []byte) string {
+	if sevenBit(b) {
+		return "7bit"
+	}
+	return "quoted-printable"
+}
+
+// sevenBit reports whether b can go out as a 7bit body (transferEncoding).
+func sevenBit(b []byte) bool {
+	for len(b) > 0 {
+		var line []byte
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			line, b = b[:i], b[i+1:]
+			line = bytes.TrimSuffix(line, []byte{'\r'}) // CRLF; a bare CR fails below
+		} else {
+			line, b = b, nil
+		}
+		if len(line) > maxLine7bit || bytes.HasPrefix(line, []byte("From ")) || !printableASCII(line) {
+			return false
+		}
+	}
+	return true
+}
+
+// printableASCII reports whether p holds only printable US-ASCII (0x20 to
+// 0x7e) and tabs, eight bytes at a time.
+func printableASCII(p []byte) bool {
+	const lo, hi = 0x0101010101010101, 0x8080808080808080
+	for len(p) >= 8 {
+		x := binary.LittleEndian.Uint64(p)
+		if x&hi != 0 {
+			return false // not ASCII
+		}
+		// A byte below 0x20 or equal to 0x7f (exact for bytes below 0x80).
+		if (x-0x20*lo)&^x&hi != 0 || ((x^0x7f*lo)-lo)&^(x^0x7f*lo)&hi != 0 {
+			if !printableBytes(p[:8]) {
+				return false
+			}
+		}
+		p = p[8:]
+	}
+	return printableBytes(p)
+}
+
+func printableBytes(p []byte) bool {
+	for _, c := range p {
+		if (c < 0x20 && c != '\t') || c >= 0x7f {
+			return false
+		}
+	}
+	return true
 }
 
 // Attachment is a file attached to every message under a name and media

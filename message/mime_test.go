@@ -117,21 +117,21 @@ func TestRenderStructure(t *testing.T) {
 		want        []part // bodies compared by substring
 	}{
 		{"text only", text, "", nil, "text/plain",
-			[]part{{contentType: "text/plain", encoding: "quoted-printable", body: "Hello Ann <b> from Oslo"}}},
+			[]part{{contentType: "text/plain", encoding: "7bit", body: "Hello Ann <b> from Oslo"}}},
 		{"html only", "", html, nil, "text/html",
-			[]part{{contentType: "text/html", encoding: "quoted-printable", body: "<p>Hello Ann &lt;b&gt;</p>"}}},
+			[]part{{contentType: "text/html", encoding: "7bit", body: "<p>Hello Ann &lt;b&gt;</p>"}}},
 		{"alternative", text, html, nil, "multipart/alternative", []part{
-			{contentType: "text/plain", encoding: "quoted-printable", disposition: "inline", body: "Hello Ann <b> from Oslo"},
-			{contentType: "text/html", encoding: "quoted-printable", disposition: "inline", body: "<p>Hello Ann &lt;b&gt;</p>"},
+			{contentType: "text/plain", encoding: "7bit", disposition: "inline", body: "Hello Ann <b> from Oslo"},
+			{contentType: "text/html", encoding: "7bit", disposition: "inline", body: "<p>Hello Ann &lt;b&gt;</p>"},
 		}},
 		{"text with attachments", text, "", []string{pdf, csv}, "multipart/mixed", []part{
-			{contentType: "text/plain", encoding: "quoted-printable", disposition: "inline", body: "Hello Ann <b> from Oslo"},
+			{contentType: "text/plain", encoding: "7bit", disposition: "inline", body: "Hello Ann <b> from Oslo"},
 			{contentType: "application/pdf", encoding: "base64", disposition: "attachment", filename: "Prospectus été.pdf", body: "%PDF-1.4\x00\xff binary"},
 			{contentType: "text/csv", encoding: "base64", disposition: "attachment", filename: "data.csv", body: "a,b\n1,2\n"},
 		}},
 		{"alternative with attachment", text, html, []string{pdf}, "multipart/mixed", []part{
-			{contentType: "text/plain", encoding: "quoted-printable", disposition: "inline", body: "Hello Ann <b> from Oslo"},
-			{contentType: "text/html", encoding: "quoted-printable", disposition: "inline", body: "<p>Hello Ann &lt;b&gt;</p>"},
+			{contentType: "text/plain", encoding: "7bit", disposition: "inline", body: "Hello Ann <b> from Oslo"},
+			{contentType: "text/html", encoding: "7bit", disposition: "inline", body: "<p>Hello Ann &lt;b&gt;</p>"},
 			{contentType: "application/pdf", encoding: "base64", disposition: "attachment", filename: "Prospectus été.pdf", body: "%PDF-1.4\x00\xff binary"},
 		}},
 	} {

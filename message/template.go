@@ -1,6 +1,7 @@
 package message
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	htmltemplate "html/template"
@@ -78,6 +79,9 @@ type view struct {
 	UnsubscribeURL string
 
 	data *Data
+	// text and html are the rendered bodies (renderBodies), pooled
+	// buffers returned by release.
+	text, html *bytes.Buffer
 }
 
 // Option adjusts Parse for the environment the messages are built in.
@@ -361,6 +365,7 @@ func (t *Template) Render(w io.Writer, to string, d *Data) error {
 	if err != nil {
 		return err
 	}
+	defer v.release()
 	if t.dkim == nil {
 		return t.writeMIME(w, h, v)
 	}
@@ -376,6 +381,7 @@ func (t *Template) Build(to string, d *Data) (*Body, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer v.release()
 	if t.dkim != nil {
 		return t.sign(h, v)
 	}
@@ -398,6 +404,7 @@ func (t *Template) prepare(to string, d *Data) (mail.Header, *view, error) {
 	}
 	h, err := t.header(to, v)
 	if err != nil {
+		v.release()
 		return mail.Header{}, nil, err
 	}
 	return h, v, nil
