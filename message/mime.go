@@ -406,6 +406,12 @@ func (t *Template) renderBodies(v *view) error {
 	}
 	if t.html != nil {
 		v.html = bufPool.Get().(*bytes.Buffer)
+		if t.htmlPlan != nil {
+			if err := t.htmlPlan.execute(v.html, v); err == nil {
+				return nil
+			}
+			v.html.Reset() // render again the ordinary way, for its error
+		}
 		if err := t.html.Execute(v.html, v); err != nil {
 			return fmt.Errorf("rendering HTML body for %s: %w", v.Email, err)
 		}

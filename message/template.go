@@ -131,6 +131,7 @@ type Template struct {
 	subject      *template.Template
 	text         *template.Template
 	html         *htmltemplate.Template
+	htmlPlan     *htmlPlan // nil: execute html as it is
 	attachments  []attachment
 	unsub        Unsubscribe
 	dkim         *DKIM
@@ -222,6 +223,7 @@ func Parse(c Content, opts ...Option) (*Template, error) {
 			return nil, fmt.Errorf("parsing HTML template: %w", err)
 		}
 		t.personalized = t.personalized || usesData(t.html.Tree, static)
+		t.htmlPlan = newHTMLPlan(t.html, []string{"missingkey=zero"}, funcs)
 	}
 	t.personalized = t.personalized || t.unsub.OneClick
 	for _, path := range c.Attachments {
