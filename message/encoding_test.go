@@ -2,7 +2,6 @@ package message
 
 import (
 	"bytes"
-	"net"
 	"strings"
 	"testing"
 
@@ -130,19 +129,7 @@ func TestTransferEncodingHTML(t *testing.T) {
 // through a real SMTP exchange (dot-stuffing and CRLF on the wire) and
 // checks that what the server received verifies and reads back.
 func TestTransferEncodingSignedOverSMTP(t *testing.T) {
-	be := &sinkBackend{}
-	srv := smtp.NewServer(be)
-	srv.Domain = "mx.example.test"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ln) }()
-	t.Cleanup(func() {
-		srv.Close()
-		<-done
-	})
+	be, ln := startSinkServer(t)
 	key := testEd25519Key(t)
 	tmpl, err := Parse(Content{From: "news@example.test", Subject: "s", Text: "{{.Name}}",
 		DKIM: &DKIM{Domain: "example.test", Selector: "s1", Key: key}})

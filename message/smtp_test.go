@@ -35,10 +35,10 @@ func (s *sinkSession) Data(r io.Reader) error {
 	return nil
 }
 
-// TestSignedMessageSurvivesSMTP sends signed messages through a real SMTP
-// exchange (go-smtp client and server on loopback: dot-stuffing, CRLF) and
-// checks that what the server received verifies and parses.
-func TestSignedMessageSurvivesSMTP(t *testing.T) {
+// startSinkServer runs a go-smtp server on loopback that keeps every
+// message it accepts, until the test ends.
+func startSinkServer(t *testing.T) (*sinkBackend, net.Listener) {
+	t.Helper()
 	be := &sinkBackend{}
 	srv := smtp.NewServer(be)
 	srv.Domain = "mx.example.test"
@@ -52,6 +52,14 @@ func TestSignedMessageSurvivesSMTP(t *testing.T) {
 		srv.Close()
 		<-done
 	})
+	return be, ln
+}
+
+// TestSignedMessageSurvivesSMTP sends signed messages through a real SMTP
+// exchange (go-smtp client and server on loopback: dot-stuffing, CRLF) and
+// checks that what the server received verifies and parses.
+func TestSignedMessageSurvivesSMTP(t *testing.T) {
+	be, ln := startSinkServer(t)
 
 	key := testRSAKey(t)
 	tmpl, err := Parse(Content{
