@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/blaster-mail/blaster/db"
 	"github.com/blaster-mail/blaster/internal/dbtest"
@@ -65,19 +66,10 @@ func TestMigrate(t *testing.T) {
 func TestListMembersIntegrity(t *testing.T) {
 	ctx := context.Background()
 	pool := dbtest.Pool(t)
-	var list, other, ann, bob int64
-	if err := pool.QueryRow(ctx, `INSERT INTO lists (name) VALUES ('a') RETURNING id`).Scan(&list); err != nil {
-		t.Fatal(err)
-	}
-	if err := pool.QueryRow(ctx, `INSERT INTO lists (name) VALUES ('b') RETURNING id`).Scan(&other); err != nil {
-		t.Fatal(err)
-	}
-	if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ('ann@example.test') RETURNING id`).Scan(&ann); err != nil {
-		t.Fatal(err)
-	}
-	if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ('bob@example.test') RETURNING id`).Scan(&bob); err != nil {
-		t.Fatal(err)
-	}
+	list := insertID(t, pool, `INSERT INTO lists (name) VALUES ('a') RETURNING id`)
+	other := insertID(t, pool, `INSERT INTO lists (name) VALUES ('b') RETURNING id`)
+	ann := insertID(t, pool, `INSERT INTO contacts (email) VALUES ('ann@example.test') RETURNING id`)
+	bob := insertID(t, pool, `INSERT INTO contacts (email) VALUES ('bob@example.test') RETURNING id`)
 	members := func() int {
 		t.Helper()
 		var n int
@@ -101,10 +93,7 @@ func TestListMembersIntegrity(t *testing.T) {
 		{`UPDATE list_members SET contact_id = $1 WHERE contact_id = $2`, []any{bob + 1000, ann}, "contact"},
 		{`UPDATE contacts SET id = DEFAULT WHERE id = $1`, []any{ann}, "cannot change"},
 	} {
-		_, err := pool.Exec(ctx, c.sql, c.args...)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s %v: error %v, want a foreign key error about the %s", c.sql, c.args, err, c.want)
-		}
+		refused(t, pool, c.want, c.sql, c.args...)
 	}
 	if n := members(); n != 4 {
 		t.Fatalf("%d members after the refused changes, want 4", n)
@@ -141,13 +130,8 @@ func TestListMembersIntegrity(t *testing.T) {
 func TestListMembersDeleteWaitsForAdders(t *testing.T) {
 	ctx := context.Background()
 	pool := dbtest.Pool(t)
-	var list, ann int64
-	if err := pool.QueryRow(ctx, `INSERT INTO lists (name) VALUES ('a') RETURNING id`).Scan(&list); err != nil {
-		t.Fatal(err)
-	}
-	if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ('ann@example.test') RETURNING id`).Scan(&ann); err != nil {
-		t.Fatal(err)
-	}
+	list := insertID(t, pool, `INSERT INTO lists (name) VALUES ('a') RETURNING id`)
+	ann := insertID(t, pool, `INSERT INTO contacts (email) VALUES ('ann@example.test') RETURNING id`)
 	adder, err := pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -211,19 +195,9 @@ func TestListMembersDeleteWaitsForAdders(t *testing.T) {
 func TestDeliveriesIntegrity(t *testing.T) {
 	ctx := context.Background()
 	pool := dbtest.Pool(t)
-	var camp, ann, bob int64
-	if err := pool.QueryRow(ctx, `INSERT INTO campaigns (name, from_addr, subject, personalized)
-		VALUES ('c', 'news@example.test', 's', false) RETURNING id`).Scan(&camp); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		email string
-		id    *int64
-	}{{"ann@example.test", &ann}, {"bob@example.test", &bob}} {
-		if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ($1) RETURNING id`, c.email).Scan(c.id); err != nil {
-			t.Fatal(err)
-		}
-	}
+	camp := insertID(t, pool, insertCampaign)
+	ann := insertID(t, pool, `INSERT INTO contacts (email) VALUES ('ann@example.test') RETURNING id`)
+	bob := insertID(t, pool, `INSERT INTO contacts (email) VALUES ('bob@example.test') RETURNING id`)
 	if _, err := pool.Exec(ctx, `INSERT INTO deliveries (campaign_id, contact_id, email, state)
 		VALUES ($1, $2, 'ann@example.test', 'queued')`, camp, ann); err != nil {
 		t.Fatal(err)
@@ -250,10 +224,7 @@ func TestDeliveriesIntegrity(t *testing.T) {
 		{`DELETE FROM contacts WHERE id = $1`, []any{ann}, "has deliveries"},
 		{`TRUNCATE contacts CASCADE`, nil, "has deliveries"},
 	} {
-		_, err := pool.Exec(ctx, c.sql, c.args...)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("%s %v: error %v, want one about %q", c.sql, c.args, err, c.want)
-		}
+		refused(t, pool, c.want, c.sql, c.args...)
 	}
 	if n := count(); n != 1 {
 		t.Fatalf("%d deliveries after the refused changes, want 1", n)
@@ -275,13 +246,8 @@ func TestDeliveriesIntegrity(t *testing.T) {
 
 	// TRUNCATE of campaigns empties deliveries, alone or together with it.
 	for _, stmt := range []string{`TRUNCATE campaigns CASCADE`, `TRUNCATE deliveries, batches, campaigns CASCADE`} {
-		if err := pool.QueryRow(ctx, `INSERT INTO campaigns (name, from_addr, subject, personalized)
-			VALUES ('c', 'news@example.test', 's', false) RETURNING id`).Scan(&camp); err != nil {
-			t.Fatal(err)
-		}
-		if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ('cy@example.test') RETURNING id`).Scan(&ann); err != nil {
-			t.Fatal(err)
-		}
+		camp = insertID(t, pool, insertCampaign)
+		ann = insertID(t, pool, `INSERT INTO contacts (email) VALUES ('cy@example.test') RETURNING id`)
 		if _, err := pool.Exec(ctx, `INSERT INTO deliveries (campaign_id, contact_id, email, state)
 			VALUES ($1, $2, 'cy@example.test', 'queued')`, camp, ann); err != nil {
 			t.Fatal(err)
@@ -306,19 +272,9 @@ func TestDeliveriesIntegrity(t *testing.T) {
 func TestContactDeleteAndFanOut(t *testing.T) {
 	ctx := context.Background()
 	pool := dbtest.Pool(t)
-	var camp, ann, bob int64
-	if err := pool.QueryRow(ctx, `INSERT INTO campaigns (name, from_addr, subject, personalized)
-		VALUES ('c', 'news@example.test', 's', false) RETURNING id`).Scan(&camp); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []struct {
-		email string
-		id    *int64
-	}{{"ann@example.test", &ann}, {"bob@example.test", &bob}} {
-		if err := pool.QueryRow(ctx, `INSERT INTO contacts (email) VALUES ($1) RETURNING id`, c.email).Scan(c.id); err != nil {
-			t.Fatal(err)
-		}
-	}
+	camp := insertID(t, pool, insertCampaign)
+	ann := insertID(t, pool, `INSERT INTO contacts (email) VALUES ('ann@example.test') RETURNING id`)
+	bob := insertID(t, pool, `INSERT INTO contacts (email) VALUES ('bob@example.test') RETURNING id`)
 	// deleteContact deletes id on a connection of its own and reports
 	// whether it had to wait on a lock before it finished.
 	deleteContact := func(id int64, release func()) (waited bool, err error) {
@@ -391,5 +347,29 @@ func TestContactDeleteAndFanOut(t *testing.T) {
 	waited, err = deleteContact(bob, func() { worker.Rollback(ctx) })
 	if waited || err != nil {
 		t.Errorf("deleting a contact without deliveries while a worker writes deliveries: waited %v, error %v; want no wait, no error", waited, err)
+	}
+}
+
+// insertCampaign is the least campaign row there is.
+const insertCampaign = `INSERT INTO campaigns (name, from_addr, subject, personalized)
+	VALUES ('c', 'news@example.test', 's', false) RETURNING id`
+
+// insertID runs an INSERT ... RETURNING id and returns the id.
+func insertID(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int64 {
+	t.Helper()
+	var id int64
+	if err := pool.QueryRow(context.Background(), sql, args...).Scan(&id); err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return id
+}
+
+// refused runs sql and checks that the database refuses it with an error
+// that mentions want.
+func refused(t *testing.T, pool *pgxpool.Pool, want, sql string, args ...any) {
+	t.Helper()
+	_, err := pool.Exec(context.Background(), sql, args...)
+	if err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("%s %v: error %v, want one about %q", sql, args, err, want)
 	}
 }
