@@ -10,10 +10,10 @@ import (
 	"github.com/blaster-mail/blaster/internal/dbtest"
 )
 
-// TestForgetFinished: a done campaign's cached templates and attachment
-// copies are dropped by the sweep, but only when the last batch using them
-// has let go; a running campaign's stay.
-func TestForgetFinished(t *testing.T) {
+// spoolFixture returns a send worker with a spool directory of its own and
+// n draft campaigns, each with one attachment ("a.txt", "attached").
+func spoolFixture(t *testing.T, n int) (*sendWorker, []int64) {
+	t.Helper()
 	ctx := context.Background()
 	pool := dbtest.Pool(t)
 	if _, err := pool.Exec(ctx, `INSERT INTO lists (name) VALUES ('news')`); err != nil {
@@ -23,16 +23,25 @@ func TestForgetFinished(t *testing.T) {
 	if err := os.WriteFile(file, []byte("attached"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var ids []int64
-	for range 2 {
+	ids := make([]int64, n)
+	for i := range ids {
 		c, err := campaign.Create(ctx, pool, campaign.New{Name: "n", List: "news", From: "a@sender.example.test",
 			Subject: "s", Text: "t", Attachments: []string{file}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids = append(ids, c.ID)
+		ids[i] = c.ID
 	}
-	w := &sendWorker{pool: pool, spoolDir: t.TempDir(), spoolOver: 1 << 20, campaigns: map[int64]*compiled{}}
+	return &sendWorker{pool: pool, spoolDir: t.TempDir(), spoolOver: 1 << 20, campaigns: map[int64]*compiled{}}, ids
+}
+
+// TestForgetFinished: a done campaign's cached templates and attachment
+// copies are dropped by the sweep, but only when the last batch using them
+// has let go; a running campaign's stay.
+func TestForgetFinished(t *testing.T) {
+	ctx := context.Background()
+	w, ids := spoolFixture(t, 2)
+	pool := w.pool
 	done, err := w.campaign(ctx, ids[0])
 	if err != nil {
 		t.Fatal(err)
@@ -82,26 +91,14 @@ func TestForgetFinished(t *testing.T) {
 // copies too, not kept for the life of the worker.
 func TestForgetCancelled(t *testing.T) {
 	ctx := context.Background()
-	pool := dbtest.Pool(t)
-	if _, err := pool.Exec(ctx, `INSERT INTO lists (name) VALUES ('news')`); err != nil {
-		t.Fatal(err)
-	}
-	file := filepath.Join(t.TempDir(), "a.txt")
-	if err := os.WriteFile(file, []byte("attached"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	c, err := campaign.Create(ctx, pool, campaign.New{Name: "n", List: "news", From: "a@sender.example.test",
-		Subject: "s", Text: "t", Attachments: []string{file}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &sendWorker{pool: pool, spoolDir: t.TempDir(), spoolOver: 1 << 20, campaigns: map[int64]*compiled{}}
-	cc, err := w.campaign(ctx, c.ID)
+	w, ids := spoolFixture(t, 1)
+	pool, id := w.pool, ids[0]
+	cc, err := w.campaign(ctx, id)
 	if err != nil {
 		t.Fatal(err)
 	}
 	w.release(cc)
-	if _, err := campaign.Cancel(ctx, pool, c.ID); err != nil {
+	if _, err := campaign.Cancel(ctx, pool, id); err != nil {
 		t.Fatal(err)
 	}
 	if err := w.forgetFinished(ctx); err != nil {
@@ -111,7 +108,7 @@ func TestForgetCancelled(t *testing.T) {
 		t.Errorf("cancelled campaign's spool copies still there after the sweep: %v", err)
 	}
 	w.mu.Lock()
-	_, cached := w.campaigns[c.ID]
+	_, cached := w.campaigns[id]
 	w.mu.Unlock()
 	if cached {
 		t.Error("cancelled campaign still cached after the sweep")
