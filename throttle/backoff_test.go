@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/blaster-mail/blaster/internal/fakeclock"
 	"io"
 	"log/slog"
 	"net"
@@ -23,7 +24,7 @@ import (
 // Postfix's anvil limits or a large provider would. It records each
 // message's X-Id header.
 type rateServer struct {
-	clk *fakeClock
+	clk *fakeclock.Clock
 	lim *rate.Limiter
 
 	mu      sync.Mutex
@@ -73,7 +74,7 @@ func (s *rateSession) Logout() error { return nil }
 // and fewer than 2% of the attempts are refused. Time is a fake clock
 // shared by server and throttle.
 func TestBackOffAgainstRateLimitingServer(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	srvb := &rateServer{clk: clk, lim: rate.NewLimiter(20, 5), got: map[string]int{}}
 	srv := gosmtp.NewServer(srvb)
 	srv.Domain = "mx.example.test"

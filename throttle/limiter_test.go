@@ -3,6 +3,7 @@ package throttle
 import (
 	"context"
 	"errors"
+	"github.com/blaster-mail/blaster/internal/fakeclock"
 	"log/slog"
 	"net"
 	"strings"
@@ -14,7 +15,7 @@ import (
 
 // testConfig is a config with one limited domain and a fake clock; MaxWait
 // 0 makes Acquire report every wait instead of sleeping.
-func testConfig(clk *fakeClock) Config {
+func testConfig(clk *fakeclock.Clock) Config {
 	return Config{
 		NowFunc:   clk.Now,
 		SleepFunc: clk.Sleep,
@@ -45,7 +46,7 @@ func newTestLimiter(t *testing.T, cfg Config) *Limiter {
 }
 
 func TestAcquireRateAndBurst(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	cfg := testConfig(clk)
 	cfg.AlertReserve = -1
 	l := newTestLimiter(t, cfg)
@@ -88,7 +89,7 @@ func TestAcquireRateAndBurst(t *testing.T) {
 }
 
 func TestAcquireMoreThanBurstWaits(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	cfg := testConfig(clk)
 	cfg.AlertReserve = -1
 	cfg.MaxWait = Duration(2 * time.Second)
@@ -117,7 +118,7 @@ func TestAcquireMoreThanBurstWaits(t *testing.T) {
 // can take at once: the burst for alerts, the newsletter share of it for
 // newsletters, or max_recipients when that is smaller.
 func TestLimitsMaxRcptsWithinBurst(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	cfg := testConfig(clk)
 	cfg.Domain = Limits{Rate: 20, Burst: 20, MaxRcpts: 100}
 	cfg.Domains = map[string]Limits{"few.example.test": {MaxRcpts: 10}}
@@ -139,7 +140,7 @@ func TestLimitsMaxRcptsWithinBurst(t *testing.T) {
 
 // simulate acquires greedily for the keys given (newsletter first, then
 // alert) for d in 10ms steps and counts the recipients each got.
-func simulate(t *testing.T, l *Limiter, clk *fakeClock, news, alert *Key, d time.Duration) (nn, na int) {
+func simulate(t *testing.T, l *Limiter, clk *fakeclock.Clock, news, alert *Key, d time.Duration) (nn, na int) {
 	t.Helper()
 	for end := clk.Now().Add(d); clk.Now().Before(end); clk.Advance(10 * time.Millisecond) {
 		for i := 0; news != nil; i++ {
@@ -165,7 +166,7 @@ func simulate(t *testing.T, l *Limiter, clk *fakeClock, news, alert *Key, d time
 }
 
 func TestAlertReserve(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	cfg := testConfig(clk)
 	cfg.Domain = Limits{Rate: 100, Burst: 10}
 	l := newTestLimiter(t, cfg)
@@ -195,7 +196,7 @@ func TestAlertReserve(t *testing.T) {
 }
 
 func TestSuspendAndRecover(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	cfg := testConfig(clk)
 	cfg.AlertReserve = -1
 	l := newTestLimiter(t, cfg)
@@ -241,7 +242,7 @@ func TestSuspendAndRecover(t *testing.T) {
 }
 
 func TestSlowCompoundsOncePerSecond(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	l := newTestLimiter(t, testConfig(clk))
 	key := Key{Domain: "example.test"}
 	refused := errors.New("connection refused")
@@ -266,7 +267,7 @@ func TestSlowCompoundsOncePerSecond(t *testing.T) {
 }
 
 func TestSlowedRateApplies(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	cfg := testConfig(clk)
 	cfg.AlertReserve = -1
 	cfg.Domain = Limits{Rate: 100, Burst: 1}
@@ -280,7 +281,7 @@ func TestSlowedRateApplies(t *testing.T) {
 }
 
 func TestDomainGroups(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	cfg, err := LoadConfig("")
 	if err != nil {
 		t.Fatal(err)
@@ -333,7 +334,7 @@ func TestDomainGroups(t *testing.T) {
 func TestDomainLimitsViaRelay(t *testing.T) {
 	relay := Key{Route: "smtp://relay.example.test:587", Domain: "slow.example.test"}
 	for _, via := range []bool{false, true} {
-		clk := newFakeClock()
+		clk := fakeclock.New()
 		cfg := testConfig(clk)
 		cfg.AlertReserve = -1
 		cfg.DomainLimitsViaRelay = via
@@ -353,7 +354,7 @@ func TestDomainLimitsViaRelay(t *testing.T) {
 		}
 	}
 	// Direct delivery always counts against the destination.
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	l := newTestLimiter(t, testConfig(clk))
 	mx := Key{Route: "mx:mx.slow.example.test", Domain: "slow.example.test", Alert: true}
 	acquire(t, l, mx, 1)
@@ -363,7 +364,7 @@ func TestDomainLimitsViaRelay(t *testing.T) {
 }
 
 func TestAcquireConn(t *testing.T) {
-	clk := newFakeClock()
+	clk := fakeclock.New()
 	cfg := testConfig(clk)
 	cfg.Domain = Limits{Rate: 100, MaxConns: 2, ConnRate: 10}
 	l := newTestLimiter(t, cfg)

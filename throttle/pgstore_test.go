@@ -3,6 +3,7 @@ package throttle
 import (
 	"context"
 	"errors"
+	"github.com/blaster-mail/blaster/internal/fakeclock"
 	"log/slog"
 	"strings"
 	"testing"
@@ -34,11 +35,11 @@ func processes(t *testing.T, n int) []*pgxpool.Pool {
 
 // newDBFakeClock starts at the real time, so that what the database
 // compares with its own clock (status, connection heartbeats) agrees.
-func newDBFakeClock() *fakeClock { return &fakeClock{t: time.Now()} }
+func newDBFakeClock() *fakeclock.Clock { return fakeclock.At(time.Now()) }
 
 const relay = "smtp://relay.example.test:587"
 
-func sharedConfig(pool *pgxpool.Pool, clk *fakeClock) Config {
+func sharedConfig(pool *pgxpool.Pool, clk *fakeclock.Clock) Config {
 	return Config{
 		Pool:         pool,
 		NowFunc:      clk.Now,
