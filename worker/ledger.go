@@ -149,14 +149,17 @@ func (w *sendWorker) mark(ctx context.Context, b *batch, rcpts []recipient) (mar
 			marked AS (
 				UPDATE deliveries d SET state = 'sending', sending_job = $2, updated_at = now(),
 				       attempts = d.attempts + CASE WHEN d.state = 'sending' THEN 0 ELSE 1 END
-				WHERE d.campaign_id = $1 AND d.contact_id = ANY($10)
+				-- batch_no bounds the scan by the batch whatever the plan: with
+				-- campaign_id alone the planner, misled by a new campaign's
+				-- missing statistics, read the campaign's every row each time.
+				WHERE d.campaign_id = $1 AND d.batch_no = $11 AND d.contact_id = ANY($10)
 				  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now())
 				       -- marked by this statement already, when its reply was lost and it is retried
 				       OR (d.state = 'sending' AND d.sending_job = $2))
 				  AND (SELECT state FROM c) = 'running'
 				RETURNING d.contact_id, d.attempts)
 			SELECT (SELECT state FROM c), m.contact_id, m.attempts FROM (SELECT 1) one LEFT JOIN marked m ON true`,
-			append(outArgs, ids)...)
+			append(outArgs, ids, b.job.Args.BatchNo)...)
 		if err != nil {
 			return err
 		}
