@@ -86,6 +86,12 @@ func Cancel(ctx context.Context, pool Pool, id int64) (*CancelResult, error) {
 	default:
 		return nil, transitionError(id, "cancel", state, "; only a draft, running or paused campaign can be cancelled")
 	}
+	// The batches first: a worker's mark locks its batch row before the
+	// deliveries it marks, so taking them in the same order cannot
+	// deadlock with it.
+	if _, err := tx.Exec(ctx, `UPDATE batches SET done = true WHERE campaign_id = $1 AND NOT done`, id); err != nil {
+		return nil, fmt.Errorf("closing batches of campaign %d: %w", id, err)
+	}
 	tag, err := tx.Exec(ctx, `
 		UPDATE deliveries SET state = 'cancelled', next_attempt_at = NULL, updated_at = now()
 		WHERE campaign_id = $1 AND state IN ('queued', 'deferred')`, id)
@@ -93,9 +99,6 @@ func Cancel(ctx context.Context, pool Pool, id int64) (*CancelResult, error) {
 		return nil, fmt.Errorf("cancelling deliveries of campaign %d: %w", id, err)
 	}
 	res := &CancelResult{Cancelled: int(tag.RowsAffected())}
-	if _, err := tx.Exec(ctx, `UPDATE batches SET done = true WHERE campaign_id = $1 AND NOT done`, id); err != nil {
-		return nil, fmt.Errorf("closing batches of campaign %d: %w", id, err)
-	}
 	if _, err := tx.Exec(ctx, `UPDATE campaigns SET state = 'cancelled', finished_at = now() WHERE id = $1`, id); err != nil {
 		return nil, fmt.Errorf("marking campaign %d cancelled: %w", id, err)
 	}

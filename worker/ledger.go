@@ -106,7 +106,7 @@ func (w *sendWorker) claim(ctx context.Context, b *batch) ([]recipient, error) {
 }
 
 // writeOutcomesSQL writes outcomes ($3..$9) of job $2's rows of campaign
-// $1. Rows no longer sending under this job (an orphan sweep took them
+// $1, batch $10. Rows no longer sending under this job (an orphan sweep took them
 // over) are left alone.
 const writeOutcomesSQL = `
 	UPDATE deliveries d SET state = u.state, last_code = u.code, last_enhanced = u.enhanced,
@@ -115,7 +115,8 @@ const writeOutcomesSQL = `
 	       sent_at = CASE WHEN u.state = 'sent' THEN now() ELSE d.sent_at END
 	FROM unnest($3::bigint[], $4::text[], $5::int[], $6::text[], $7::text[], $8::timestamptz[], $9::int[])
 	     AS u(contact_id, state, code, enhanced, text, next, ambiguous)
-	WHERE d.campaign_id = $1 AND d.contact_id = u.contact_id AND d.state = 'sending' AND d.sending_job = $2`
+	WHERE d.campaign_id = $1 AND d.batch_no = $10 AND d.contact_id = u.contact_id
+	  AND d.state = 'sending' AND d.sending_job = $2`
 
 // writeSameOutcomeSQL is writeOutcomesSQL for outcomes that are all the
 // same but for the recipient (the usual same-for-all transaction: one
@@ -126,10 +127,34 @@ const writeSameOutcomeSQL = `
 	       last_text = $7::text, next_attempt_at = $8::timestamptz, updated_at = now(), sending_job = NULL,
 	       ambiguous = d.ambiguous + $9::int,
 	       sent_at = CASE WHEN $4::text = 'sent' THEN now() ELSE d.sent_at END
-	WHERE d.campaign_id = $1 AND d.contact_id = ANY($3::bigint[]) AND d.state = 'sending' AND d.sending_job = $2`
+	WHERE d.campaign_id = $1 AND d.batch_no = $10 AND d.contact_id = ANY($3::bigint[])
+	  AND d.state = 'sending' AND d.sending_job = $2`
+
+// markSQL writes the outcomes (outSQL, parameters $1..$10) and marks the
+// recipients $11 of batch $10 sending under job $2, unless the campaign is
+// no longer running. It returns the campaign's state, then each marked
+// recipient with its attempt count (one row with NULLs when none).
+func markSQL(outSQL string) string {
+	return `
+	WITH done AS (`+outSQL+`
+	), c AS (SELECT state FROM campaigns WHERE id = $1),
+	marked AS (
+		UPDATE deliveries d SET state = 'sending', sending_job = $2, updated_at = now(),
+		       attempts = d.attempts + CASE WHEN d.state = 'sending' THEN 0 ELSE 1 END
+		-- batch_no bounds the scan by the batch whatever the plan: with
+		-- campaign_id alone the planner, misled by a new campaign's
+		-- missing statistics, read the campaign's every row each time.
+		WHERE d.campaign_id = $1 AND d.batch_no = $10 AND d.contact_id = ANY($11)
+		  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now())
+		       -- marked by this statement already, when its reply was lost and it is retried
+		       OR (d.state = 'sending' AND d.sending_job = $2))
+		  AND (SELECT state FROM c) = 'running'
+		RETURNING d.contact_id, d.attempts)
+	SELECT (SELECT state FROM c), m.contact_id, m.attempts FROM (SELECT 1) one LEFT JOIN marked m ON true`
+}
 
 // mark writes the outcomes gathered so far and marks rcpts sending, in one
-// statement, unless the campaign is no longer running (paused, cancelled):
+// round trip and one transaction, unless the campaign is no longer running (paused, cancelled):
 // then running is false and nothing is marked. It returns the recipients
 // it marked, with their attempt counts: those still queued or due (another
 // run of the batch may have taken some).
@@ -143,37 +168,39 @@ func (w *sendWorker) mark(ctx context.Context, b *batch, rcpts []recipient) (mar
 	outSQL, outArgs := w.outcomeWrite(b)
 	err = w.retryDB(ctx, func(ctx context.Context) error {
 		clear(attempts)
-		rows, err := w.pool.Query(ctx, `
-			WITH done AS (`+outSQL+`
-			), c AS (SELECT state FROM campaigns WHERE id = $1),
-			marked AS (
-				UPDATE deliveries d SET state = 'sending', sending_job = $2, updated_at = now(),
-				       attempts = d.attempts + CASE WHEN d.state = 'sending' THEN 0 ELSE 1 END
-				-- batch_no bounds the scan by the batch whatever the plan: with
-				-- campaign_id alone the planner, misled by a new campaign's
-				-- missing statistics, read the campaign's every row each time.
-				WHERE d.campaign_id = $1 AND d.batch_no = $11 AND d.contact_id = ANY($10)
-				  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now())
-				       -- marked by this statement already, when its reply was lost and it is retried
-				       OR (d.state = 'sending' AND d.sending_job = $2))
-				  AND (SELECT state FROM c) = 'running'
-				RETURNING d.contact_id, d.attempts)
-			SELECT (SELECT state FROM c), m.contact_id, m.attempts FROM (SELECT 1) one LEFT JOIN marked m ON true`,
-			append(outArgs, ids, b.job.Args.BatchNo)...)
+		// One round trip, one implicit transaction, two statements: the
+		// batch row first (locked, flagged with this job: see migration
+		// 0008), then, in a snapshot taken after that lock, the outcomes
+		// and the marks. A sweep or a record that holds the batch row
+		// thus never misses rows this mark makes sending.
+		var br pgx.Batch
+		br.Queue(`UPDATE batches SET sending_job = $2 WHERE campaign_id = $1 AND batch_no = $3`,
+			b.cc.c.ID, b.job.ID, b.job.Args.BatchNo)
+		br.Queue(markSQL(outSQL), append(outArgs, ids)...)
+		res := w.pool.SendBatch(ctx, &br)
+		defer res.Close()
+		if _, err := res.Exec(); err != nil {
+			return err
+		}
+		rows, err := res.Query()
 		if err != nil {
 			return err
 		}
-		defer rows.Close()
 		for rows.Next() {
 			var id, n *int64
 			if err := rows.Scan(&state, &id, &n); err != nil {
+				rows.Close()
 				return err
 			}
 			if id != nil {
 				attempts[*id] = int(*n)
 			}
 		}
-		return rows.Err()
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return res.Close()
 	})
 	if err != nil {
 		return nil, false, fmt.Errorf("marking recipients of campaign %d batch %d sending: %w", b.cc.c.ID, b.job.Args.BatchNo, err)
@@ -203,7 +230,7 @@ func (w *sendWorker) stopEarly(ctx context.Context, b *batch, rest []recipient, 
 		_, err := w.pool.Exec(ctx, `
 			WITH done AS (`+outSQL+`)
 			UPDATE deliveries SET state = 'queued', sending_job = NULL, attempts = attempts - 1, updated_at = now()
-			WHERE campaign_id = $1 AND contact_id = ANY($10) AND state = 'sending' AND sending_job = $2`,
+			WHERE campaign_id = $1 AND batch_no = $10 AND contact_id = ANY($11) AND state = 'sending' AND sending_job = $2`,
 			append(outArgs, ids)...)
 		return err
 	})
@@ -219,7 +246,7 @@ func (w *sendWorker) stopEarly(ctx context.Context, b *batch, rest []recipient, 
 }
 
 // outcomeWrite returns the statement writing b's pending outcomes and its
-// parameters $1..$9: writeSameOutcomeSQL when they are all the same but
+// parameters $1..$10: writeSameOutcomeSQL when they are all the same but
 // for the recipient (none pending counts), else writeOutcomesSQL.
 func (w *sendWorker) outcomeWrite(b *batch) (string, []any) {
 	if o, ok := sameOutcome(b.outcomes); ok {
@@ -250,7 +277,7 @@ func (w *sendWorker) outcomeWrite(b *batch) (string, []any) {
 		if o.ambiguous {
 			ambiguous = 1
 		}
-		return writeSameOutcomeSQL, []any{b.cc.c.ID, b.job.ID, ids, state, code, enhanced, text, o.next, ambiguous}
+		return writeSameOutcomeSQL, []any{b.cc.c.ID, b.job.ID, ids, state, code, enhanced, text, o.next, ambiguous, b.job.Args.BatchNo}
 	}
 	return writeOutcomesSQL, w.outcomeArgs(b)
 }
@@ -289,7 +316,7 @@ func sameTime(a, b *time.Time) bool {
 	return a != nil && b != nil && a.Equal(*b)
 }
 
-// outcomeArgs are the parameters $1..$9 of writeOutcomesSQL for b's
+// outcomeArgs are the parameters $1..$10 of writeOutcomesSQL for b's
 // pending outcomes.
 func (w *sendWorker) outcomeArgs(b *batch) []any {
 	n := len(b.outcomes)
@@ -319,7 +346,7 @@ func (w *sendWorker) outcomeArgs(b *batch) []any {
 			texts[i] = &t
 		}
 	}
-	return []any{b.cc.c.ID, b.job.ID, ids, states, codes, enhanced, texts, nexts, ambiguous}
+	return []any{b.cc.c.ID, b.job.ID, ids, states, codes, enhanced, texts, nexts, ambiguous, b.job.Args.BatchNo}
 }
 
 // record writes the last chunk's outcomes, marks the batch done or
@@ -378,13 +405,23 @@ func (w *sendWorker) recordTx(ctx context.Context, b *batch) (closed bool, err e
 		return false, fmt.Errorf("cancelling campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 	}
 	var next *time.Time
-	var waiting int
+	var waiting, sending int
 	err = tx.QueryRow(ctx, `
 		SELECT min(next_attempt_at) FILTER (WHERE state = 'deferred'),
-		       count(*) FILTER (WHERE state IN ('queued', 'sending'))
-		FROM deliveries WHERE campaign_id = $1 AND batch_no = $2`, args.CampaignID, args.BatchNo).Scan(&next, &waiting)
+		       count(*) FILTER (WHERE state IN ('queued', 'sending')),
+		       count(*) FILTER (WHERE state = 'sending')
+		FROM deliveries WHERE campaign_id = $1 AND batch_no = $2`, args.CampaignID, args.BatchNo).Scan(&next, &waiting, &sending)
 	if err != nil {
 		return false, fmt.Errorf("reading pending recipients of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+	}
+	// Nothing of the batch in flight (this transaction holds the batch
+	// row, so no mark can add any): the sweep need not look at it. A
+	// batch closed below is cleared with it.
+	if sending == 0 && (waiting > 0 || next != nil) {
+		if _, err := tx.Exec(ctx, `UPDATE batches SET sending_job = NULL
+			WHERE campaign_id = $1 AND batch_no = $2 AND sending_job IS NOT NULL`, args.CampaignID, args.BatchNo); err != nil {
+			return false, fmt.Errorf("clearing campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
+		}
 	}
 	switch {
 	case waiting > 0:
@@ -398,7 +435,7 @@ func (w *sendWorker) recordTx(ctx context.Context, b *batch) (closed bool, err e
 			return false, fmt.Errorf("scheduling retry of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 		}
 	default:
-		if _, err := tx.Exec(ctx, `UPDATE batches SET done = true WHERE campaign_id = $1 AND batch_no = $2`,
+		if _, err := tx.Exec(ctx, `UPDATE batches SET done = true, sending_job = NULL WHERE campaign_id = $1 AND batch_no = $2`,
 			args.CampaignID, args.BatchNo); err != nil {
 			return false, fmt.Errorf("closing campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 		}
@@ -473,20 +510,34 @@ const liveJob = `SELECT 1 FROM river_job j WHERE j.state = 'running'
 // (which runs every 30 s, on the leader only). So does every batch whose
 // run died with nobody sending. A later run of the dead job finds
 // nothing of its own and works what is still queued. It returns the
-// number of rows taken over.
+// number of rows taken over. The rows are found through their batches
+// (batches.sending_job), not by scanning deliveries: no index on
+// deliveries covers the state, so that the workers' updates stay HOT.
 func recoverOrphans(ctx context.Context, pool *pgxpool.Pool, rc *river.Client[pgx.Tx], rescueAfter time.Duration) (int, error) {
 	tx, err := pool.Begin(ctx)
 	if err != nil {
 		return 0, fmt.Errorf("recovering orphaned deliveries: %w", err)
 	}
 	defer tx.Rollback(ctx)
-	// The orphans first, then the batches: a run recording meanwhile locks
-	// its batch and then writes only rows of its own, so no cycle.
+	// The batches a dead job marked (batches.sending_job, migration 0008),
+	// locked: a mark or a record of the batch takes the same lock first,
+	// so the statements after this one see every row made sending. Batches
+	// a live run holds are skipped, for the next sweep.
 	rows, err := tx.Query(ctx, `
-		WITH orphans AS (`+orphanSet+`NOT EXISTS (`+liveJob+`d.sending_job)
-			RETURNING d.campaign_id, d.batch_no, c.kind)
-		SELECT campaign_id, batch_no, kind, count(*)::int FROM orphans GROUP BY 1, 2, 3`, rescueAfter.Seconds())
+		SELECT b.campaign_id, b.batch_no FROM batches b
+		WHERE b.sending_job IS NOT NULL AND NOT EXISTS (`+liveJob+`b.sending_job)
+		FOR UPDATE OF b SKIP LOCKED`, rescueAfter.Seconds())
 	if err != nil {
+		return 0, fmt.Errorf("recovering orphaned deliveries: %w", err)
+	}
+	var campaigns []int64
+	var batches []int32
+	var cid int64
+	var bno int32
+	if _, err := pgx.ForEachRow(rows, []any{&cid, &bno}, func() error {
+		campaigns, batches = append(campaigns, cid), append(batches, bno)
+		return nil
+	}); err != nil {
 		return 0, fmt.Errorf("recovering orphaned deliveries: %w", err)
 	}
 	var params []river.InsertManyParams
@@ -509,8 +560,32 @@ func recoverOrphans(ctx context.Context, pool *pgxpool.Pool, rc *river.Client[pg
 		}
 		return rows.Err()
 	}
-	if err := collect(rows); err != nil {
-		return 0, fmt.Errorf("recovering orphaned deliveries: %w", err)
+	if len(campaigns) > 0 {
+		// Their rows still sending under a job that is not live are the
+		// orphans (a live run of the batch, started since, keeps its own),
+		// then the batches with none left sending are cleared: the orphans
+		// first, then the batches, in the order of a run's record.
+		rows, err = tx.Query(ctx, `
+			WITH orphans AS (`+orphanSet+`(d.campaign_id, d.batch_no) IN (SELECT * FROM unnest($2::bigint[], $3::int[]))
+				  AND NOT EXISTS (`+liveJob+`d.sending_job)
+				RETURNING d.campaign_id, d.batch_no, c.kind)
+			SELECT campaign_id, batch_no, kind, count(*)::int FROM orphans GROUP BY 1, 2, 3`,
+			rescueAfter.Seconds(), campaigns, batches)
+		if err != nil {
+			return 0, fmt.Errorf("recovering orphaned deliveries: %w", err)
+		}
+		if err := collect(rows); err != nil {
+			return 0, fmt.Errorf("recovering orphaned deliveries: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `
+			UPDATE batches b SET sending_job = NULL
+			FROM unnest($1::bigint[], $2::int[]) AS k(campaign_id, batch_no)
+			WHERE b.campaign_id = k.campaign_id AND b.batch_no = k.batch_no
+			  AND NOT EXISTS (SELECT 1 FROM deliveries d
+			                  WHERE d.campaign_id = b.campaign_id AND d.batch_no = b.batch_no AND d.state = 'sending')`,
+			campaigns, batches); err != nil {
+			return 0, fmt.Errorf("clearing batches of dead runs: %w", err)
+		}
 	}
 	// Batches whose run died with nobody sending (before its first chunk,
 	// waiting for a connection or the throttle, between chunks): their

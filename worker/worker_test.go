@@ -168,6 +168,15 @@ func TestEndToEndGoSMTP(t *testing.T) {
 			if stats.Messages != wantMsgs || stats.Recipients != 1000 {
 				t.Fatalf("server stats %+v, want %d messages, 1000 recipients", stats, wantMsgs)
 			}
+			// Each run's record cleared its batch's in-flight flag.
+			var flagged int
+			if err := pool.QueryRow(context.Background(),
+				`SELECT count(*) FROM batches WHERE campaign_id = $1 AND sending_job IS NOT NULL`, id).Scan(&flagged); err != nil {
+				t.Fatal(err)
+			}
+			if flagged != 0 {
+				t.Errorf("%d batches still flagged in flight after the campaign is done, want 0", flagged)
+			}
 		})
 	}
 }
