@@ -136,7 +136,7 @@ const writeSameOutcomeSQL = `
 // recipient with its attempt count (one row with NULLs when none).
 func markSQL(outSQL string) string {
 	return `
-	WITH done AS (`+outSQL+`
+	WITH done AS (` + outSQL + `
 	), c AS (SELECT state FROM campaigns WHERE id = $1),
 	marked AS (
 		UPDATE deliveries d SET state = 'sending', sending_job = $2, updated_at = now(),
