@@ -5,10 +5,11 @@ SINK=/usr/sbin/smtp-sink
 SOURCE=/usr/sbin/smtp-source
 CLK_TCK=$(getconf CLK_TCK)
 
-# need_postfix exits unless smtp-sink and smtp-source are installed.
+# need_postfix installs Postfix when smtp-sink or smtp-source is missing
+# (bench/install-postfix.sh: as root or through sudo), else exits.
 need_postfix() {
-	[ -x "$SINK" ] && [ -x "$SOURCE" ] ||
-		{ echo "needs Postfix's smtp-sink and smtp-source (apt-get install postfix)" >&2; exit 1; }
+	[ -x "$SINK" ] && [ -x "$SOURCE" ] && return 0
+	bash "$(dirname "${BASH_SOURCE[0]}")/install-postfix.sh" || exit 1
 }
 
 now() { date +%s.%N; }
