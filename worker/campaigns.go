@@ -20,7 +20,7 @@ type compiled struct {
 	tmpl     *message.Template
 	envFrom  string // bare From address, the envelope's reverse path
 	listName string
-	dir      string // the campaign's attachments, under spoolDir
+	dir      string // the campaign's attachments, under the worker's spool
 
 	ready chan struct{} // closed when the fields above are set, or err
 	err   error
@@ -131,7 +131,7 @@ func (w *sendWorker) compile(ctx context.Context, id int64, cc *compiled) error 
 	if a, err := mail.ParseAddress(c.From); err == nil {
 		cc.envFrom = a.Address
 	}
-	if cc.dir, err = os.MkdirTemp(w.spoolDir, fmt.Sprintf("campaign-%d-", id)); err != nil {
+	if cc.dir, err = os.MkdirTemp(w.spool.path, fmt.Sprintf("campaign-%d-", id)); err != nil {
 		return fmt.Errorf("campaign %d: %w", id, err)
 	}
 	// Copied once per campaign and process, streamed into every message.
@@ -139,7 +139,7 @@ func (w *sendWorker) compile(ctx context.Context, id int64, cc *compiled) error 
 		os.RemoveAll(cc.dir)
 		return err
 	}
-	if cc.tmpl, err = message.Parse(mc, message.WithSpool(w.spoolDir, w.spoolOver)); err != nil {
+	if cc.tmpl, err = message.Parse(mc, message.WithSpool(w.spool.path, w.spoolOver)); err != nil {
 		os.RemoveAll(cc.dir)
 		return river.JobCancel(fmt.Errorf("campaign %d: %w", id, err))
 	}
@@ -164,8 +164,5 @@ func (w *sendWorker) closeSpool() error {
 		cc.close()
 		delete(w.campaigns, id)
 	}
-	if err := os.RemoveAll(w.spoolDir); err != nil {
-		return fmt.Errorf("removing the spool directory: %w", err)
-	}
-	return nil
+	return w.spool.remove()
 }

@@ -64,8 +64,8 @@ type sendWorker struct {
 	secrets   campaign.Secrets
 	metrics   Metrics // nil: none
 
-	spoolDir  string // this process's; attachments and large messages
-	spoolOver int    // message size past which it is spooled to a file
+	spool     *workerSpool // this process's; attachments and large messages
+	spoolOver int          // message size past which it is spooled to a file
 
 	mu        sync.Mutex
 	campaigns map[int64]*compiled // a started campaign's content never changes

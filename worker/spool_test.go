@@ -32,7 +32,7 @@ func spoolFixture(t *testing.T, n int) (*sendWorker, []int64) {
 		}
 		ids[i] = c.ID
 	}
-	return &sendWorker{pool: pool, spoolDir: t.TempDir(), spoolOver: 1 << 20, campaigns: map[int64]*compiled{}}, ids
+	return &sendWorker{pool: pool, spool: &workerSpool{path: t.TempDir()}, spoolOver: 1 << 20, campaigns: map[int64]*compiled{}}, ids
 }
 
 // TestForgetFinished: a done campaign's cached templates and attachment
@@ -81,7 +81,7 @@ func TestForgetFinished(t *testing.T) {
 	if err := w.closeSpool(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(w.spoolDir); !os.IsNotExist(err) {
+	if _, err := os.Stat(w.spool.path); !os.IsNotExist(err) {
 		t.Errorf("spool directory left after closeSpool: %v", err)
 	}
 }

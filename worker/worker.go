@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -86,8 +85,9 @@ type Config struct {
 	Metrics Metrics
 	// SpoolDir is where New makes the worker's spool directory (removed by
 	// Stop): campaigns' attachments copied from the database, and messages
-	// larger than SpoolOver, which transactions stream from there. Default
-	// os.TempDir().
+	// larger than SpoolOver, which transactions stream from there. New
+	// also removes the spool directories there of workers that died
+	// without removing theirs (spooldir.go). Default os.TempDir().
 	SpoolDir string
 	// SpoolOver is the size in bytes past which a message is built into a
 	// spool file instead of memory. Default message.DefaultSpoolOver (1 MiB).
@@ -187,9 +187,9 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	spool, err := os.MkdirTemp(cfg.SpoolDir, "blaster-worker-")
+	spool, err := makeSpool(cfg.SpoolDir, cfg.Logger)
 	if err != nil {
-		return nil, fmt.Errorf("making the spool directory: %w", err)
+		return nil, err
 	}
 	workers := river.NewWorkers()
 	sw := &sendWorker{
@@ -206,7 +206,7 @@ func New(cfg Config) (*Worker, error) {
 		secrets:   cfg.Secrets,
 		metrics:   cfg.Metrics,
 		campaigns: map[int64]*compiled{},
-		spoolDir:  spool,
+		spool:     spool,
 		spoolOver: cfg.SpoolOver,
 	}
 	river.AddWorker(workers, sw)
@@ -229,7 +229,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	client, err := river.NewClient(riverpgxv5.New(cfg.Pool), rcfg)
 	if err != nil {
-		os.RemoveAll(spool)
+		spool.remove()
 		return nil, fmt.Errorf("creating River client: %w", err)
 	}
 	return &Worker{cfg: cfg, client: client, send: sw}, nil
