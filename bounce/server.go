@@ -2,6 +2,7 @@ package bounce
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -34,6 +35,16 @@ type ServerConfig struct {
 	// to wait 5 minutes for commands; bounces come from MTAs, which are
 	// quick). Default 2 minutes.
 	Timeout time.Duration
+	// TLSConfig, when set, makes the receiver offer STARTTLS (RFC 3207) in
+	// its EHLO reply. MTAs delivering bounces use TLS opportunistically
+	// (RFC 7435): they start it when it is offered and go on in clear when
+	// it is not, so without a certificate the receiver offers no TLS at
+	// all, and with one it never requires it (RFC 3207 §4: a public server
+	// MUST NOT). It must hold a certificate (Certificates, GetCertificate
+	// or GetConfigForClient); NewServer clones it. MinVersion is the
+	// caller's (Go's default for a server is TLS 1.2). The handshake is
+	// bounded by Timeout. Default nil: no STARTTLS.
+	TLSConfig *tls.Config
 }
 
 // WithDefaults returns c with every zero field set to its default.
@@ -61,7 +72,8 @@ func (c ServerConfig) WithDefaults() ServerConfig {
 // for any other address) and processes each message as it arrives. A
 // message the database could not take, or whose delivery a worker is still
 // recording (Result.Later), is answered 451, so the sending MTA tries again
-// later. It is not an MTA: it relays nothing.
+// later. With ServerConfig.TLSConfig it offers STARTTLS. It is not an MTA:
+// it relays nothing.
 type Server struct {
 	cfg    ServerConfig
 	server *gosmtp.Server
@@ -78,6 +90,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Processor == nil || cfg.Processor.Signer == nil || cfg.Processor.Pool == nil {
 		return nil, errors.New("bounce server: a Processor with Pool and Signer is required")
 	}
+	if tc := cfg.TLSConfig; tc != nil {
+		// Without a certificate every STARTTLS would fail at the handshake,
+		// after the receiver had offered it: refuse to start instead.
+		if len(tc.Certificates) == 0 && tc.GetCertificate == nil && tc.GetConfigForClient == nil {
+			return nil, errors.New("bounce server: TLSConfig has no certificate")
+		}
+		// Cloned, so a caller changing its config later races with nothing.
+		cfg.TLSConfig = tc.Clone()
+	}
 	s := &Server{cfg: cfg, done: make(chan struct{})}
 	srv := gosmtp.NewServer(s)
 	srv.Domain = cfg.Domain
@@ -86,6 +107,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	srv.ReadTimeout = cfg.Timeout
 	srv.WriteTimeout = cfg.Timeout
 	srv.EnableSMTPUTF8 = true
+	srv.TLSConfig = cfg.TLSConfig // nil: go-smtp offers no STARTTLS
 	srv.ErrorLog = slogAdapter{s}
 	s.server = srv
 	return s, nil

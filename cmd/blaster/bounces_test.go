@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +16,7 @@ import (
 	"github.com/blaster-mail/blaster/bounce"
 	"github.com/blaster-mail/blaster/db"
 	"github.com/blaster-mail/blaster/internal/dbtest"
+	"github.com/blaster-mail/blaster/internal/smtptest"
 	"github.com/blaster-mail/blaster/returnpath"
 )
 
@@ -106,5 +112,78 @@ func TestBouncesCommand(t *testing.T) {
 	stdout, _, _ = runContactCLI(t, url, "", "suppress", "list")
 	if !strings.Contains(stdout, "ann@alpha.example.test,,bounced,5.1.1 550 5.1.1") {
 		t.Errorf("suppress list:\n%s", stdout)
+	}
+}
+
+// writeCertPair writes ca's server certificate chain and key as PEM files
+// and returns their names and the key file's content.
+func writeCertPair(t *testing.T, ca *smtptest.CA) (certFile, keyFile string, keyPEM []byte) {
+	t.Helper()
+	dir := t.TempDir()
+	var chain []byte
+	for _, der := range ca.Cert.Certificate {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(ca.Cert.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, chain, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return certFile, keyFile, keyPEM
+}
+
+// TestBouncesTLSFlags: --tls-cert and --tls-key go together and with
+// --listen, are checked before the database or the signing key is needed,
+// and a pair that does not load is named by its files, its key never
+// quoted.
+func TestBouncesTLSFlags(t *testing.T) {
+	certFile, keyFile, keyPEM := writeCertPair(t, smtptest.NewCA(t, "mx.bounce.example.test"))
+	_, otherKey, otherPEM := writeCertPair(t, smtptest.NewCA(t, "mx.bounce.example.test"))
+	// Nothing listens there: reaching the database would fail differently.
+	const url = "postgres://blaster@127.0.0.1:1/none?connect_timeout=1"
+	listen := []string{"bounces", "--listen", "127.0.0.1:0"}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{append(listen, "--tls-cert", certFile), "--tls-cert and --tls-key go together"},
+		{append(listen, "--tls-key", keyFile), "--tls-cert and --tls-key go together"},
+		{[]string{"bounces", "--tls-cert", certFile, "--tls-key", keyFile}, "without --listen"},
+		{append(listen, "--tls-cert", certFile, "--tls-key", filepath.Join(t.TempDir(), "missing.pem")), "loading --tls-cert " + certFile},
+		{append(listen, "--tls-cert", keyFile, "--tls-key", certFile), "loading --tls-cert " + keyFile},
+		{append(listen, "--tls-cert", certFile, "--tls-key", otherKey), "does not match"},
+	} {
+		var stdout, stderr bytes.Buffer
+		err := run(context.Background(), append([]string{"--database-url", url}, tc.args...), strings.NewReader(""), &stdout, &stderr)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("blaster %s: %v, want an error containing %q", strings.Join(tc.args, " "), err, tc.want)
+			continue
+		}
+		for _, k := range [][]byte{keyPEM, otherPEM} {
+			line := strings.Split(string(k), "\n")[1] // of the key's base64
+			if strings.Contains(err.Error(), line) || strings.Contains(stderr.String(), line) {
+				t.Errorf("blaster %s: a key's content is in the error or the log", strings.Join(tc.args, " "))
+			}
+		}
+	}
+
+	// A good pair: the certificate loaded, TLS 1.2 at least.
+	tc, err := listenTLSConfig("127.0.0.1:0", certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tc.Certificates) != 1 || tc.Certificates[0].Leaf == nil || tc.Certificates[0].Leaf.Subject.CommonName != "mx.bounce.example.test" ||
+		tc.MinVersion != tls.VersionTLS12 {
+		t.Errorf("TLS config from a good pair: %d certificates, MinVersion %s", len(tc.Certificates), tls.VersionName(tc.MinVersion))
+	}
+	if tc, err := listenTLSConfig("127.0.0.1:0", "", ""); tc != nil || err != nil {
+		t.Errorf("no TLS flags: %v, %v; want no TLS and no error", tc, err)
 	}
 }
