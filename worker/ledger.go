@@ -1,11 +1,13 @@
 package worker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -68,21 +70,23 @@ func (w *sendWorker) claim(ctx context.Context, b *batch) ([]recipient, error) {
 		return nil, fmt.Errorf("recovering campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 	}
 	// A same-for-all message uses no contact data: no join on contacts,
-	// no attrs to decode.
+	// no attrs to decode. No ORDER BY: a campaign too new to have
+	// statistics looks tiny to the planner, which then walks the primary
+	// key's whole campaign_id range for its contact_id order rather than
+	// sort the batch's rows (280 ms a claim at 100,000 recipients instead
+	// of 0.4 ms); the batch is sorted here instead.
 	personalized := b.cc.tmpl.Personalized()
 	q := `
 		SELECT d.contact_id, d.email, c.name, c.attrs, d.attempts
 		FROM deliveries d JOIN contacts c ON c.id = d.contact_id
 		WHERE d.campaign_id = $1 AND d.batch_no = $2
-		  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now()))
-		ORDER BY d.contact_id`
+		  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now()))`
 	if !personalized {
 		q = `
 		SELECT d.contact_id, d.email, d.attempts
 		FROM deliveries d
 		WHERE d.campaign_id = $1 AND d.batch_no = $2
-		  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now()))
-		ORDER BY d.contact_id`
+		  AND (d.state = 'queued' OR (d.state = 'deferred' AND d.next_attempt_at <= now()))`
 	}
 	rows, err := w.pool.Query(ctx, q, args.CampaignID, args.BatchNo)
 	if err != nil {
@@ -102,6 +106,7 @@ func (w *sendWorker) claim(ctx context.Context, b *batch) ([]recipient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("claiming campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 	}
+	slices.SortFunc(rcpts, func(a, b recipient) int { return cmp.Compare(a.contactID, b.contactID) })
 	return rcpts, nil
 }
 
