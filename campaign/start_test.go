@@ -2,7 +2,10 @@ package campaign_test
 
 import (
 	"context"
+	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/blaster-mail/blaster/internal/dbtest"
 )
@@ -69,5 +72,41 @@ func TestStartDomainAfterLastAt(t *testing.T) {
 	}
 	if len(domains) != 1 || domains[0] != "quoted.example.test" {
 		t.Errorf("batch domains %q, want one batch for quoted.example.test", domains)
+	}
+}
+
+// TestStartAnalyzesDeliveries: the start refreshes the planner's statistics
+// of deliveries, so that the workers' per-batch statements read the batch's
+// rows through deliveries_batch. With the statistics of an empty table (a
+// new installation, or the benchmark's TRUNCATE and ANALYZE) the planner
+// took the new campaign for one row and walked its whole primary-key range
+// for every batch claimed.
+func TestStartAnalyzesDeliveries(t *testing.T) {
+	ctx := context.Background()
+	pool := dbtest.Pool(t)
+	if _, err := pool.Exec(ctx, `ANALYZE deliveries`); err != nil { // empty: reltuples 0
+		t.Fatal(err)
+	}
+	seedList(t, pool, "news", 3000)
+	id := startCampaign(t, pool, "news", 100)
+
+	var tuples float64
+	if err := pool.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE relname = 'deliveries'`).Scan(&tuples); err != nil {
+		t.Fatal(err)
+	}
+	if tuples < 3000 {
+		t.Errorf("deliveries reltuples = %v after the start, want its 3000 rows counted", tuples)
+	}
+	rows, err := pool.Query(ctx, `EXPLAIN (COSTS OFF) SELECT d.contact_id, d.email, d.attempts FROM deliveries d
+		WHERE d.campaign_id = $1 AND d.batch_no = 7 AND d.state = 'queued'`, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan := strings.Join(lines, "\n"); !strings.Contains(plan, "deliveries_batch") {
+		t.Errorf("a batch's recipients are read by %q, want the deliveries_batch index", plan)
 	}
 }
