@@ -16,8 +16,9 @@
 //
 // RFCs: 3464 (delivery status notifications), 3463 (enhanced status codes),
 // 6522 (multipart/report), 6533 (internationalized DSNs:
-// message/global-delivery-status), 3461 (ORCPT, Original-Recipient), 3834
-// (Auto-Submitted: auto-replies are not bounces), 5321 §4.5.5 (bounces go to
-// the reverse path with a null reverse path of their own), 3207 (STARTTLS,
-// offered by the receiver when it has a certificate).
+// message/global-delivery-status and the utf-8 address type), 3461 (ORCPT,
+// Original-Recipient), 3834 (Auto-Submitted: auto-replies are not bounces),
+// 5321 §4.5.5 (bounces go to the reverse path with a null reverse path of
+// their own), 3207 (STARTTLS, offered by the receiver when it has a
+// certificate).
 package bounce

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/emersion/go-message"
 	_ "github.com/emersion/go-message/charset" // DSNs come in every charset
@@ -312,8 +313,8 @@ func parseDeliveryStatus(body io.Reader, rep *Report) error {
 			continue
 		}
 		rcpt := Recipient{
-			FinalRecipient:    strings.ToLower(bareAddress(typedValue(b.Get("Final-Recipient")))),
-			OriginalRecipient: strings.ToLower(bareAddress(typedValue(b.Get("Original-Recipient")))),
+			FinalRecipient:    recipientAddress(b.Get("Final-Recipient")),
+			OriginalRecipient: recipientAddress(b.Get("Original-Recipient")),
 			Action:            strings.ToLower(firstWord(b.Get("Action"))),
 			Status:            statusCode(firstWord(b.Get("Status"))),
 			RemoteMTA:         collapseSpace(typedValue(b.Get("Remote-Mta"))),
@@ -347,6 +348,55 @@ func decodeXtext(s string) string {
 			}
 		}
 		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+// recipientAddress returns the address of a Final-Recipient or
+// Original-Recipient field (RFC 3464 §2.3.1, §2.3.2), lower-cased. A value
+// of RFC 6533's utf-8 type (§3: "utf-8; j\x{F6}rg@example.test" in a
+// message/global-delivery-status part, or raw UTF-8) has its \x{HEX}
+// escapes decoded, so it names the address as blaster sent it in ORCPT
+// and the bounce matches the delivery; an rfc822 value is used as it is.
+func recipientAddress(field string) string {
+	a := bareAddress(typedValue(field))
+	if typ, _, ok := strings.Cut(field, ";"); ok && strings.EqualFold(strings.TrimSpace(typ), "utf-8") {
+		// Before lower-casing, which would touch the hex digits.
+		a = decodeUTF8AddrXtext(a)
+	}
+	return strings.ToLower(a)
+}
+
+// decodeUTF8AddrXtext undoes the EmbeddedUnicodeChar escapes ("\x{"
+// HEXPOINT "}") of RFC 6533 §3's utf-8-addr-xtext and utf-8-addr-unitext;
+// other characters, raw UTF-8 included, are kept. It is lenient where
+// reading costs nothing (lower-case hex digits, leading zeros) and keeps
+// s as it is when an escape is malformed, names no Unicode scalar value,
+// or names an ASCII control character: no address blaster sends holds one,
+// and a NUL would make PostgreSQL refuse the lookup. A backslash not
+// followed by "x{" is literal (a quoted local part of the raw form).
+func decodeUTF8AddrXtext(s string) string {
+	if !strings.Contains(s, `\x{`) {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); i++ {
+		if !strings.HasPrefix(s[i:], `\x{`) {
+			b.WriteByte(s[i])
+			continue
+		}
+		end := strings.IndexByte(s[i+3:], '}')
+		if end < 1 || end > 6 {
+			return s
+		}
+		v, err := strconv.ParseUint(s[i+3:i+3+end], 16, 32)
+		r := rune(v)
+		if err != nil || !utf8.ValidRune(r) || r < 0x20 || r == 0x7f {
+			return s
+		}
+		b.WriteRune(r)
+		i += 3 + end // at the "}"
 	}
 	return b.String()
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 const sampleReturnPath = "bounces+1-2-aaaaaaaaaaaaaaaa@bounce.example.test"
@@ -283,4 +284,56 @@ func TestParseCodeLineNeedsMailer(t *testing.T) {
 	if len(rep.Recipients) != 1 || rep.Recipients[0].Class() != Hard {
 		t.Errorf("a mailer daemon's reply line: recipients %+v, want one hard", rep.Recipients)
 	}
+}
+
+// TestParseUTF8Recipients: Original-Recipient and Final-Recipient of RFC
+// 6533's utf-8 type in a message/global-delivery-status part read as the
+// address, whether utf-8-addr-xtext, raw UTF-8 or a mix; rfc822 values and
+// malformed escapes are kept as they are (lower-cased, as every address).
+func TestParseUTF8Recipients(t *testing.T) {
+	for _, tt := range []struct{ field, want string }{
+		{`utf-8; j\x{F6}rg@\x{4F8B}\x{3048}.test`, "jörg@例え.test"},
+		{"utf-8;jörg@例え.test", "jörg@例え.test"},
+		{`UTF-8; <J\x{D6}RG@example.test>`, "jörg@example.test"},
+		{`utf-8; jö\x{2B}a\x{3D}b\x{5C}c@example.test`, `jö+a=b\c@example.test`},
+		{`utf-8; j\x{f6}rg@example.test`, "jörg@example.test"},
+		{`rfc822; j\x{F6}rg@example.test`, `j\x{f6}rg@example.test`},
+		{`utf-8; j\x{F6rg@example.test`, `j\x{f6rg@example.test`},
+		{`utf-8; \x{F6}j\x{D800}rg@example.test`, `\x{f6}j\x{d800}rg@example.test`},
+		{`utf-8; j\x{}rg@example.test`, `j\x{}rg@example.test`},
+		{`utf-8; j\x{0}rg@example.test`, `j\x{0}rg@example.test`},
+		{`utf-8; j\x{110000}rg@example.test`, `j\x{110000}rg@example.test`},
+		{`utf-8; j\x{zz}rg@example.test`, `j\x{zz}rg@example.test`},
+		{`utf-8; j\x{F6}rg@example.test\x{`, `j\x{f6}rg@example.test\x{`},
+	} {
+		msg := "From: MAILER-DAEMON@mx.example.test\r\nSubject: failure\r\nMIME-Version: 1.0\r\n" +
+			"Content-Type: multipart/report; report-type=global-delivery-status; boundary=b\r\n\r\n" +
+			"--b\r\nContent-Type: message/global-delivery-status\r\n\r\n" +
+			"Reporting-MTA: dns; mx.example.test\r\n\r\n" +
+			"Original-Recipient: " + tt.field + "\r\nFinal-Recipient: " + tt.field + "\r\n" +
+			"Action: failed\r\nStatus: 5.1.1\r\n\r\n--b--\r\n"
+		rep, err := ParseBytes([]byte(msg))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Recipients) != 1 {
+			t.Fatalf("%s: %d recipients, want 1", tt.field, len(rep.Recipients))
+		}
+		if r := rep.Recipients[0]; r.OriginalRecipient != tt.want || r.FinalRecipient != tt.want {
+			t.Errorf("%s: Original-Recipient %q, Final-Recipient %q, want %q", tt.field, r.OriginalRecipient, r.FinalRecipient, tt.want)
+		}
+	}
+}
+
+func FuzzDecodeUTF8AddrXtext(f *testing.F) {
+	for _, s := range []string{`j\x{F6}rg@\x{4F8B}.test`, `\x{`, `\x{10FFFF}`, `\x{D800}`, `a\b`, `\x{5C}x{41}`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d := decodeUTF8AddrXtext(s)
+		// An escape is at least five octets for at most four.
+		if len(d) > len(s) || (utf8.ValidString(s) && !utf8.ValidString(d)) {
+			t.Fatalf("%q decodes to %q", s, d)
+		}
+	})
 }

@@ -148,3 +148,94 @@ func TestDSNEnvelopeID(t *testing.T) {
 		t.Fatalf("forged envelope id: %+v, %v; want ignored", res, err)
 	}
 }
+
+// globalDSN is an RFC 6533 report (message/global-delivery-status) sent
+// to to about a forwarding target, whose Original-Recipient field has the
+// value origRcpt, its address type included.
+func globalDSN(to, messageID, origRcpt string) []byte {
+	return []byte("From: MAILER-DAEMON@mx.elsewhere.example.test\r\n" +
+		"To: " + to + "\r\nSubject: Undelivered Mail Returned to Sender\r\nMessage-Id: <" + messageID + ">\r\n" +
+		"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=global-delivery-status; boundary=b\r\n\r\n" +
+		"--b\r\nContent-Type: text/plain\r\n\r\nUndeliverable.\r\n" +
+		"--b\r\nContent-Type: message/global-delivery-status\r\n\r\n" +
+		"Reporting-MTA: dns; mx.elsewhere.example.test\r\n\r\n" +
+		"Original-Recipient: " + origRcpt + "\r\n" +
+		"Final-Recipient: rfc822; fwd@elsewhere.example.test\r\nAction: failed\r\nStatus: 5.1.1\r\n" +
+		"Diagnostic-Code: smtp; 550 5.1.1 mailbox unknown\r\n\r\n--b--\r\n")
+}
+
+// TestDSNUTF8OriginalRecipient: an internationalized recipient goes out
+// through the worker with an ORCPT of RFC 6533's utf-8 type, which the
+// server reads back as the address; a global DSN that names it only in
+// Original-Recipient, in the utf-8-addr-xtext form or in raw UTF-8,
+// matches its delivery.
+func TestDSNUTF8OriginalRecipient(t *testing.T) {
+	pool := dbtest.Pool(t)
+	ctx := context.Background()
+	const jorg, jana = "jörg@alpha.example.test", "jana.ø@alpha.example.test"
+	if _, err := pool.Exec(ctx, "INSERT INTO contacts (email, name) VALUES ($1, 'Jörg'), ($2, 'Jana')", jorg, jana); err != nil {
+		t.Fatal(err)
+	}
+	ids := seed(t, pool, 1)                                               // user00@alpha, in the one transaction with both
+	srv := smtptest.StartServer(t, smtptest.Options{DiscardBodies: true}) // offers DSN and SMTPUTF8
+	w := startWorker(t, pool, srv.Addr)
+	id := createAndStart(t, pool, campaign.New{Name: "utf8", List: "news", From: "News <news@sender.example.test>",
+		Subject: "Weekly news", Text: "Hello all\n",
+		Settings: campaign.Settings{ReturnPath: &campaign.ReturnPath{Address: base}},
+		Secrets:  campaign.Secrets{BounceKey: testKey}})
+	waitDone(t, pool, id)
+	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := w.Stop(stopCtx); err != nil {
+		t.Fatal(err)
+	}
+
+	msgs := srv.Messages()
+	if len(msgs) != 1 || len(msgs[0].Rcpts) != 3 {
+		t.Fatalf("server saw %+v, want one transaction to 3 recipients", msgs)
+	}
+	for i, r := range msgs[0].Rcpts {
+		want := gosmtp.DSNAddressTypeUTF8
+		if r == "user00@alpha.example.test" {
+			want = gosmtp.DSNAddressTypeRFC822
+		}
+		if o := msgs[0].RcptOpts[i]; o.OriginalRecipientType != want || o.OriginalRecipient != r {
+			t.Errorf("RCPT %s: ORCPT %s;%s, want %s;%s", r, o.OriginalRecipientType, o.OriginalRecipient, want, r)
+		}
+	}
+
+	signer, err := returnpath.NewSigner(testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	campaignRP, err := signer.Address(base, id, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &bounce.Processor{Pool: pool, Signer: signer}
+	for i, tc := range []struct{ email, origRcpt string }{
+		{jorg, `utf-8; j\x{F6}rg@alpha.example.test`},
+		{jana, "utf-8;" + jana},
+	} {
+		res, err := p.Process(ctx, globalDSN(campaignRP, fmt.Sprintf("utf8.%d@mx.elsewhere.example.test", i), tc.origRcpt), nil, "test")
+		if err != nil || res.Hard != 1 {
+			t.Fatalf("Original-Recipient: %s: %+v, %v; want one hard bounce", tc.origRcpt, res, err)
+		}
+		var state string
+		if err := pool.QueryRow(ctx, `SELECT d.state FROM deliveries d JOIN contacts c ON c.id = d.contact_id
+			WHERE d.campaign_id = $1 AND c.email = $2`, id, tc.email).Scan(&state); err != nil {
+			t.Fatal(err)
+		}
+		if state != campaign.StateBounced {
+			t.Errorf("%s is %s, want bounced", tc.email, state)
+		}
+	}
+	var state string
+	if err := pool.QueryRow(ctx, "SELECT state FROM deliveries WHERE campaign_id = $1 AND contact_id = $2",
+		id, ids["user00@alpha.example.test"]).Scan(&state); err != nil {
+		t.Fatal(err)
+	}
+	if state != campaign.StateSent {
+		t.Errorf("user00 is %s, want sent", state)
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/emersion/go-sasl"
 )
@@ -1120,10 +1121,35 @@ func (c *Client) appendRcpt(dst []byte, r Recipient) ([]byte, error) {
 		}
 	}
 	if r.ORcpt != "" {
-		dst = append(dst, " ORCPT=rfc822;"...) // RFC 3461 §4.2
-		dst = appendXtext(dst, r.ORcpt)
+		dst = appendORcpt(dst, r.ORcpt)
 	}
 	return dst, nil
+}
+
+// appendORcpt appends the ORCPT parameter for addr (RFC 3461 §4.2): type
+// rfc822 and xtext for an ASCII address; type utf-8 and utf-8-addr-xtext
+// for any other (RFC 6533 §3). That form is ASCII too, so it goes out
+// whether or not the transaction uses SMTPUTF8, and the server's DSN can
+// name the address as it was given. An address that is not valid UTF-8,
+// or holds an ASCII control character (no Mailbox of RFC 6531 does, and
+// HEXPOINT has no form for most of them), has no utf-8 form: it goes
+// without ORCPT, rather than with a value a server would refuse, and a
+// bounce for it is matched on its Final-Recipient.
+func appendORcpt(dst []byte, addr string) []byte {
+	if isASCII(addr) {
+		dst = append(dst, " ORCPT=rfc822;"...)
+		return appendXtext(dst, addr)
+	}
+	if !utf8.ValidString(addr) {
+		return dst
+	}
+	for i := 0; i < len(addr); i++ {
+		if c := addr[i]; c < 0x20 || c == 0x7f {
+			return dst
+		}
+	}
+	dst = append(dst, " ORCPT=utf-8;"...)
+	return appendUTF8AddrXtext(dst, addr)
 }
 
 // maxPathOctets is the longest reverse or forward path (RFC 5321
@@ -1157,14 +1183,39 @@ func isASCII(s string) bool {
 func xtext(s string) string { return string(appendXtext(nil, s)) }
 
 func appendXtext(dst []byte, s string) []byte {
-	const hex = "0123456789ABCDEF"
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if c >= '!' && c <= '~' && c != '+' && c != '=' {
 			dst = append(dst, c)
 			continue
 		}
-		dst = append(dst, '+', hex[c>>4], hex[c&0xf])
+		dst = append(dst, '+', upperHex[c>>4], upperHex[c&0xf])
+	}
+	return dst
+}
+
+const upperHex = "0123456789ABCDEF"
+
+// appendUTF8AddrXtext encodes the valid UTF-8 s as utf-8-addr-xtext (RFC
+// 6533 §3): a QCHAR ("!" to "~" except "+", "=" and "\") as itself, any
+// other character as EmbeddedUnicodeChar, "\x{" HEXPOINT "}", where
+// HEXPOINT is the code point in upper-case hex, two digits at least and no
+// leading zero beyond them ("\x{F6}", "\x{2B}", "\x{4F8B}").
+func appendUTF8AddrXtext(dst []byte, s string) []byte {
+	for _, r := range s {
+		if r >= '!' && r <= '~' && r != '+' && r != '=' && r != '\\' {
+			dst = append(dst, byte(r))
+			continue
+		}
+		dst = append(dst, '\\', 'x', '{')
+		n := 2 // hex digits
+		for r>>(4*n) != 0 {
+			n++
+		}
+		for shift := 4 * (n - 1); shift >= 0; shift -= 4 {
+			dst = append(dst, upperHex[(r>>shift)&0xf])
+		}
+		dst = append(dst, '}')
 	}
 	return dst
 }

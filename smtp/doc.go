@@ -27,5 +27,7 @@
 //     OAUTHBEARER, the LOGIN draft and Google's XOAUTH2.
 //   - RFC 1870: SIZE. RFC 6152: 8BITMIME. RFC 6531: SMTPUTF8.
 //   - RFC 3461: DSN (NOTIFY, ORCPT, RET, ENVID; xtext §4).
+//   - RFC 6533 §3: ORCPT of the utf-8 type (utf-8-addr-xtext) for an
+//     address that is not ASCII.
 //   - RFC 3030 CHUNKING is parsed from EHLO only; DATA is used.
 package smtp

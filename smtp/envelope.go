@@ -28,7 +28,10 @@ type Recipient struct {
 	// Notify is the DSN NOTIFY list (RFC 3461 §4.1): "NEVER", or any of
 	// "SUCCESS", "FAILURE", "DELAY". Empty omits it.
 	Notify []string
-	// ORcpt is the DSN ORCPT address (RFC 3461 §4.2), sent as rfc822;ADDR.
+	// ORcpt is the DSN ORCPT address (RFC 3461 §4.2), sent when the
+	// server offers DSN: as rfc822;xtext when it is ASCII, as
+	// utf-8;utf-8-addr-xtext (RFC 6533 §3) otherwise, and not at all when
+	// it is not valid UTF-8 or holds an ASCII control. Empty omits it.
 	ORcpt string
 }
 

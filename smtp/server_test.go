@@ -252,3 +252,37 @@ func TestGoSMTPTLSModes(t *testing.T) {
 		})
 	}
 }
+
+// TestGoSMTPORcpt: go-smtp's server reads back the ORCPT the client sends,
+// the utf-8 type (RFC 6533 §3) as the address it encodes, "+", "=" and
+// "\" included.
+func TestGoSMTPORcpt(t *testing.T) {
+	srv := smtptest.StartServer(t, smtptest.Options{}) // offers DSN and SMTPUTF8
+	ctx := context.Background()
+	c, err := Dial(ctx, srv.Addr, Config{LocalName: "client.example.test", TLS: TLSNone})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rs := []Recipient{
+		{Addr: "a@example.test", ORcpt: "a+b=c@example.test"},
+		{Addr: "jörg@例え.test", ORcpt: "jörg@例え.test"},
+		{Addr: "b@example.test", ORcpt: `jörg+a=b\c@例え.test`},
+	}
+	if _, err := c.Send(ctx, &Envelope{From: "n@example.test", Rcpts: rs}, strings.NewReader("x")); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	m := srv.Messages()
+	if len(m) != 1 || len(m[0].RcptOpts) != len(rs) {
+		t.Fatalf("server got %+v, want one message to %d recipients", m, len(rs))
+	}
+	for i, r := range rs {
+		want := gosmtp.DSNAddressTypeUTF8
+		if i == 0 {
+			want = gosmtp.DSNAddressTypeRFC822
+		}
+		if o := m[0].RcptOpts[i]; o.OriginalRecipientType != want || o.OriginalRecipient != r.ORcpt {
+			t.Errorf("RCPT %s: ORCPT %s;%s, want %s;%s", r.Addr, o.OriginalRecipientType, o.OriginalRecipient, want, r.ORcpt)
+		}
+	}
+}

@@ -6,10 +6,13 @@ import (
 	"errors"
 	"io"
 	"net"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // scriptConn is the transcript tests' fake server, after emersion/go-smtp's
@@ -416,7 +419,7 @@ func TestMailParameters(t *testing.T) {
 		t.Fatalf("Send: %v", err)
 	}
 	want := "MAIL FROM:<bounce+x=y@example.test> SIZE=5000 BODY=8BITMIME SMTPUTF8 RET=HDRS ENVID=id+2B1+3D2+20x\r\n" +
-		"RCPT TO:<jörg@example.test> NOTIFY=FAILURE,DELAY ORCPT=rfc822;j+C3+B6rg+2Btag@example.test\r\n" +
+		"RCPT TO:<jörg@example.test> NOTIFY=FAILURE,DELAY ORCPT=utf-8;j\\x{F6}rg\\x{2B}tag@example.test\r\n" +
 		"RCPT TO:<b@example.test> NOTIFY=NEVER\r\nDATA\r\n"
 	if got := sc.chunks()[1]; got != want {
 		t.Errorf("envelope =\n%q\nwant\n%q", got, want)
@@ -427,6 +430,120 @@ func TestMailParameters(t *testing.T) {
 	if o, _ := res.Outcome(0, err); o != Sent {
 		t.Errorf("recipient 0: %v", o)
 	}
+}
+
+// TestORcpt: the ORCPT parameter on the wire (RFC 3461 §4.2): rfc822 and
+// xtext for an ASCII address, as before; utf-8 and utf-8-addr-xtext (RFC
+// 6533 §3) for any other, ASCII on the wire; none for an address that has
+// no utf-8 form, nor when the server does not offer DSN.
+func TestORcpt(t *testing.T) {
+	for _, tt := range []struct {
+		name, addr, orcpt string
+		noDSN             bool
+		want              string // the RCPT line after "RCPT TO:<addr>"
+	}{
+		{name: "ASCII", addr: "a@example.test", orcpt: "a@example.test", want: " ORCPT=rfc822;a@example.test"},
+		{name: "ASCII xtext", addr: "a+b=c@example.test", orcpt: "a+b=c\\d@example.test",
+			want: " ORCPT=rfc822;a+2Bb+3Dc\\d@example.test"},
+		{name: "UTF-8", addr: "jörg@例え.test", orcpt: "jörg@例え.test",
+			want: ` ORCPT=utf-8;j\x{F6}rg@\x{4F8B}\x{3048}.test`},
+		{name: "xtext specials", addr: "jörg@example.test", orcpt: "jörg+a=b\\c@example.test",
+			want: ` ORCPT=utf-8;j\x{F6}rg\x{2B}a\x{3D}b\x{5C}c@example.test`},
+		{name: "quoted space", addr: `"jö rg"@example.test`, orcpt: `"jö rg"@example.test`,
+			want: ` ORCPT=utf-8;"j\x{F6}\x{20}rg"@example.test`},
+		{name: "3, 5 and 6 hex digits", addr: "ā😀\U00100000@example.test", orcpt: "ā😀\U00100000@example.test",
+			want: ` ORCPT=utf-8;\x{101}\x{1F600}\x{100000}@example.test`},
+		{name: "ASCII address, UTF-8 ORCPT", addr: "fwd@example.test", orcpt: "jörg@example.test",
+			want: ` ORCPT=utf-8;j\x{F6}rg@example.test`},
+		{name: "invalid UTF-8", addr: "jörg@example.test", orcpt: "j\xf6rg@example.test"},
+		{name: "control character", addr: "jörg@example.test", orcpt: "jö\trg@example.test"},
+		{name: "no DSN", addr: "jörg@example.test", orcpt: "jörg@example.test", noDSN: true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			ehlo := ehloPipe
+			if tt.noDSN {
+				ehlo = strings.Replace(ehlo, "250-DSN\r\n", "", 1)
+			}
+			c, sc := mustDial(t, greeting+ehlo+"250 2.1.0 Ok\r\n250 2.1.5 Ok\r\n354 go\r\n"+queued)
+			env := &Envelope{From: "n@example.test", Rcpts: []Recipient{{Addr: tt.addr, ORcpt: tt.orcpt}}}
+			if _, err := c.Send(context.Background(), env, strings.NewReader("x")); err != nil {
+				t.Fatalf("Send: %v", err)
+			}
+			want := "RCPT TO:<" + tt.addr + ">" + tt.want + "\r\n"
+			if _, rcpt, _ := strings.Cut(sc.chunks()[1], "\r\n"); !strings.HasPrefix(rcpt, want) {
+				t.Errorf("RCPT =\n%q\nwant\n%q", rcpt, want)
+			}
+		})
+	}
+}
+
+// TestAppendRcptAllocs: with the buffer grown by earlier transactions,
+// a RCPT line with a utf-8 ORCPT costs no allocation, as an rfc822 one.
+func TestAppendRcptAllocs(t *testing.T) {
+	c := &Client{caps: Caps{DSN: true}}
+	buf := make([]byte, 0, 512)
+	for _, orcpt := range []string{"a+b@example.test", "jörg+a@例え.test"} {
+		r := Recipient{Addr: orcpt, Notify: []string{"FAILURE"}, ORcpt: orcpt}
+		if n := testing.AllocsPerRun(100, func() {
+			if _, err := c.appendRcpt(buf[:0], r); err != nil {
+				t.Fatal(err)
+			}
+		}); n != 0 {
+			t.Errorf("ORCPT %q: %v allocations per RCPT line, want 0", orcpt, n)
+		}
+	}
+}
+
+// embeddedUnicodeChar is "\x{" HEXPOINT "}" of RFC 6533 §3, for the
+// decoding FuzzORcpt checks against.
+var embeddedUnicodeChar = regexp.MustCompile(`\\x\{([0-9A-F]{2,6})\}`)
+
+// FuzzORcpt: whatever the address, the RCPT line stays one line of
+// printable ASCII after the path (no space, CR or LF smuggled in through
+// ORCPT), a utf-8 ORCPT uses only QCHARs and HEXPOINTs without extra
+// leading zeros, and it decodes back to the address.
+func FuzzORcpt(f *testing.F) {
+	for _, s := range []string{"a@example.test", "jörg@例え.test", "a+b=c\\d@example.test", "j\xf6rg@x", "\"jö rg\"@x", "😀\r\nQUIT"} {
+		f.Add(s)
+	}
+	c := &Client{caps: Caps{DSN: true}}
+	f.Fuzz(func(t *testing.T, orcpt string) {
+		line, err := c.appendRcpt(nil, Recipient{Addr: "a@example.test", ORcpt: orcpt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		params := strings.TrimPrefix(string(line), "RCPT TO:<a@example.test>")
+		if params == "" {
+			if orcpt != "" && utf8.ValidString(orcpt) && strings.IndexFunc(orcpt, func(r rune) bool { return r < 0x20 || r == 0x7f }) < 0 {
+				t.Fatalf("no ORCPT for %q", orcpt)
+			}
+			return
+		}
+		for i := 1; i < len(params); i++ {
+			if params[i] <= ' ' || params[i] > '~' {
+				t.Fatalf("ORCPT for %q: octet %#x in %q", orcpt, params[i], params)
+			}
+		}
+		v, ok := strings.CutPrefix(params, " ORCPT=utf-8;")
+		if !ok {
+			if !strings.HasPrefix(params, " ORCPT=rfc822;") || !isASCII(orcpt) {
+				t.Fatalf("ORCPT for %q: %q", orcpt, params)
+			}
+			return
+		}
+		var bad bool
+		decoded := embeddedUnicodeChar.ReplaceAllStringFunc(v, func(m string) string {
+			hex := m[3 : len(m)-1]
+			if len(hex) > 2 && hex[0] == '0' {
+				bad = true
+			}
+			n, _ := strconv.ParseUint(hex, 16, 32)
+			return string(rune(n))
+		})
+		if bad || strings.ContainsAny(embeddedUnicodeChar.ReplaceAllString(v, ""), "+=\\") || decoded != orcpt {
+			t.Fatalf("ORCPT for %q: %q decodes to %q", orcpt, v, decoded)
+		}
+	})
 }
 
 func TestEnvelopeChecks(t *testing.T) {

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"strings"
-	"unicode"
 
 	"github.com/blaster-mail/blaster/returnpath"
 	"github.com/blaster-mail/blaster/smtp"
@@ -36,12 +35,9 @@ func (w *sendWorker) envelope(b *batch, rcpts []recipient) *smtp.Envelope {
 		}
 	}
 	for i, r := range rcpts {
-		env.Rcpts[i] = smtp.Recipient{Addr: r.email, Notify: notify}
-		if strings.IndexFunc(r.email, func(c rune) bool { return c > unicode.MaxASCII }) < 0 {
-			// An rfc822 ORCPT is ASCII; a UTF-8 address would need RFC
-			// 6533's utf-8 type, which few servers take.
-			env.Rcpts[i].ORcpt = r.email
-		}
+		// Every recipient gets its ORCPT: the smtp client picks the
+		// address type (rfc822 for ASCII, RFC 6533's utf-8 otherwise).
+		env.Rcpts[i] = smtp.Recipient{Addr: r.email, Notify: notify, ORcpt: r.email}
 	}
 	return env
 }
