@@ -8,6 +8,7 @@ import (
 	"time"
 
 	gosmtp "github.com/emersion/go-smtp"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/blaster-mail/blaster/bounce"
 	"github.com/blaster-mail/blaster/campaign"
@@ -54,21 +55,14 @@ func TestDSNEnvelopeID(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := smtptest.StartServer(t, smtptest.Options{DiscardBodies: true}) // offers DSN
-	w := startWorker(t, pool, srv.Addr)
 	dsnSettings, err := campaign.ParseDSN("failure,delay", "hdrs")
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := createAndStart(t, pool, campaign.New{Name: "dsn", List: "news", From: "News <news@sender.example.test>",
+	id := sendAll(t, pool, srv.Addr, campaign.New{Name: "dsn", List: "news", From: "News <news@sender.example.test>",
 		Subject: "Weekly news", Text: "Hello all\n",
 		Settings: campaign.Settings{ReturnPath: &campaign.ReturnPath{Address: base}, DSN: dsnSettings},
 		Secrets:  campaign.Secrets{BounceKey: testKey}})
-	waitDone(t, pool, id)
-	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := w.Stop(stopCtx); err != nil {
-		t.Fatal(err)
-	}
 
 	envIDs := map[int]string{} // by recipients in the transaction
 	msgs := srv.Messages()
@@ -178,17 +172,10 @@ func TestDSNUTF8OriginalRecipient(t *testing.T) {
 	}
 	ids := seed(t, pool, 1)                                               // user00@alpha, in the one transaction with both
 	srv := smtptest.StartServer(t, smtptest.Options{DiscardBodies: true}) // offers DSN and SMTPUTF8
-	w := startWorker(t, pool, srv.Addr)
-	id := createAndStart(t, pool, campaign.New{Name: "utf8", List: "news", From: "News <news@sender.example.test>",
+	id := sendAll(t, pool, srv.Addr, campaign.New{Name: "utf8", List: "news", From: "News <news@sender.example.test>",
 		Subject: "Weekly news", Text: "Hello all\n",
 		Settings: campaign.Settings{ReturnPath: &campaign.ReturnPath{Address: base}},
 		Secrets:  campaign.Secrets{BounceKey: testKey}})
-	waitDone(t, pool, id)
-	stopCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	if err := w.Stop(stopCtx); err != nil {
-		t.Fatal(err)
-	}
 
 	msgs := srv.Messages()
 	if len(msgs) != 1 || len(msgs[0].Rcpts) != 3 {
@@ -238,4 +225,20 @@ func TestDSNUTF8OriginalRecipient(t *testing.T) {
 	if state != campaign.StateSent {
 		t.Errorf("user00 is %s, want sent", state)
 	}
+}
+
+// sendAll creates and starts campaign n, sends it all through a worker on
+// the server at addr, and stops the worker (QUIT), so that the server's
+// record is complete. It returns the campaign's id.
+func sendAll(t *testing.T, pool *pgxpool.Pool, addr string, n campaign.New) int64 {
+	t.Helper()
+	w := startWorker(t, pool, addr)
+	id := createAndStart(t, pool, n)
+	waitDone(t, pool, id)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := w.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
