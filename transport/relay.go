@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -245,6 +246,16 @@ func (c *RelayConfig) LoadPassword(getenv func(string) string) error {
 	}
 	return nil
 }
+
+// String is Redacted: a RelayConfig printed by mistake (%v, %+v, an
+// error message) shows no password.
+func (c RelayConfig) String() string { return c.Redacted() }
+
+// GoString is Redacted too, for %#v.
+func (c RelayConfig) GoString() string { return c.Redacted() }
+
+// LogValue is Redacted, for a RelayConfig handed to slog.
+func (c RelayConfig) LogValue() slog.Value { return slog.StringValue(c.Redacted()) }
 
 // Redacted is the relay as a URL for logs, metrics and Route: scheme, user,
 // host, port and the options that differ from the defaults, never the

@@ -3,6 +3,7 @@ package transport_test
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -117,8 +118,13 @@ func TestRelayPasswordSources(t *testing.T) {
 	if strings.Contains(c.Redacted(), "s3cret") {
 		t.Errorf("Redacted %q shows the password", c.Redacted())
 	}
-	if s := fmt.Sprintf("%s", c.Redacted()); strings.Contains(s, "s3cret") {
-		t.Errorf("redacted form shows the password: %s", s)
+	// Printed or logged by mistake, the config shows no password either.
+	var logged strings.Builder
+	slog.New(slog.NewTextHandler(&logged, nil)).Info("relay", "relay", c, "ptr", &c)
+	for _, s := range []string{fmt.Sprintf("%v", c), fmt.Sprintf("%+v", c), fmt.Sprintf("%#v", c), fmt.Sprint(&c), logged.String()} {
+		if strings.Contains(s, "s3cret") {
+			t.Errorf("printed config shows the password: %s", s)
+		}
 	}
 
 	file := filepath.Join(t.TempDir(), "pw")
