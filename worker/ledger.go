@@ -419,15 +419,6 @@ func (w *sendWorker) recordTx(ctx context.Context, b *batch) (closed bool, err e
 	if err != nil {
 		return false, fmt.Errorf("reading pending recipients of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 	}
-	// Nothing of the batch in flight (this transaction holds the batch
-	// row, so no mark can add any): the sweep need not look at it. A
-	// batch closed below is cleared with it.
-	if sending == 0 && (waiting > 0 || next != nil) {
-		if _, err := tx.Exec(ctx, `UPDATE batches SET sending_job = NULL
-			WHERE campaign_id = $1 AND batch_no = $2 AND sending_job IS NOT NULL`, args.CampaignID, args.BatchNo); err != nil {
-			return false, fmt.Errorf("clearing campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
-		}
-	}
 	switch {
 	case waiting > 0:
 		// Requeued meanwhile (campaign retry, an orphan sweep) or being
@@ -439,9 +430,14 @@ func (w *sendWorker) recordTx(ctx context.Context, b *batch) (closed bool, err e
 		if _, err := river.ClientFromContext[pgx.Tx](ctx).InsertTx(ctx, tx, args, opts); err != nil {
 			return false, fmt.Errorf("scheduling retry of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 		}
-	default:
-		if _, err := tx.Exec(ctx, `UPDATE batches SET done = true, sending_job = NULL WHERE campaign_id = $1 AND batch_no = $2`,
-			args.CampaignID, args.BatchNo); err != nil {
+	}
+	// Nothing of the batch in flight (this transaction holds the batch
+	// row, so no mark can add any): the sweep need not look at it, and
+	// with nothing queued or deferred either the batch is done.
+	closed = waiting == 0 && next == nil
+	if sending == 0 {
+		if _, err := tx.Exec(ctx, `UPDATE batches SET sending_job = NULL, done = done OR $3
+			WHERE campaign_id = $1 AND batch_no = $2`, args.CampaignID, args.BatchNo, closed); err != nil {
 			return false, fmt.Errorf("closing campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 		}
 	}
@@ -457,7 +453,7 @@ func (w *sendWorker) recordTx(ctx context.Context, b *batch) (closed bool, err e
 	if err := tx.Commit(ctx); err != nil {
 		return false, fmt.Errorf("committing outcomes of campaign %d batch %d: %w", args.CampaignID, args.BatchNo, err)
 	}
-	return next == nil && waiting == 0, nil
+	return closed, nil
 }
 
 // retryDB runs f until it succeeds, fails for a reason other than a lost
