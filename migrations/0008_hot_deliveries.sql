@@ -4,7 +4,7 @@
 -- update could be HOT: each wrote a new entry into every index of the table.
 -- With no index on a column the worker changes, and room left on each page
 -- for the new row versions, both updates are HOT: one heap record, no index
--- entries (BENCHMARKS.md, "End to end": 82 % of the updates HOT and about a
+-- entries (BENCHMARKS.md, "End to end": 75-82 % of the updates HOT and about a
 -- third less PostgreSQL time per mark on the benchmark).
 
 -- batches.sending_job: the job of the last run that marked recipients of the
@@ -29,6 +29,6 @@ DROP INDEX deliveries_sending;
 
 -- Half of each page is left free when fan-out fills it: room for the two
 -- new versions of its rows, which HOT pruning reclaims on the page.
--- (fillfactor 70 made about half the updates HOT, 50 made 82 % HOT.) The
+-- (fillfactor 70 made about half the updates HOT, 50 made 75-82 % HOT.) The
 -- table takes twice the pages; only new pages are affected.
 ALTER TABLE deliveries SET (fillfactor = 50);
